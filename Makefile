@@ -25,7 +25,7 @@ VERSION   := $(shell awk '/^version:/ {print $$2}' galaxy.yml)
 SANITY_ROOT := build/sanity/ansible_collections/dicomsec/hardening
 
 # System packages the tests use. Each is installed only if it is missing.
-SYSTEM_PACKAGES := python3-venv git rsync debootstrap dcmtk orthanc nmap nftables \
+SYSTEM_PACKAGES := python3-venv git rsync shellcheck debootstrap dcmtk orthanc nmap nftables \
 	iproute2 openssl ca-certificates
 SETUP_STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt requirements.txt | sha256sum | cut -c1-12)
 

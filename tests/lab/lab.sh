@@ -173,11 +173,8 @@ cmd_status() {
 cmd_down() {
     if engine_alive; then
         # Molecule instances carry our label (see molecule/shared/platforms.yml).
-        local ids
-        ids=$(docker ps -aq --filter "label=$lab_label")
-        [ -z "$ids" ] || docker rm -f $ids >/dev/null
-        ids=$(docker network ls -q --filter "label=$lab_label")
-        [ -z "$ids" ] || docker network rm $ids >/dev/null
+        docker ps -aq --filter "label=$lab_label" | xargs -r docker rm -f >/dev/null
+        docker network ls -q --filter "label=$lab_label" | xargs -r docker network rm >/dev/null
     fi
     if [ -f "$state/dockerd.started" ]; then
         local pid
