@@ -1,0 +1,339 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the dicomsec.hardening collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: dicom_association
+short_description: Open one DICOM association and assert how the server answers
+version_added: 1.0.0
+description:
+  - Sends one A-ASSOCIATE-RQ to a DICOM server, optionally over TLS and with user identity,
+    and reports what the server did, read from the PDU it sent back rather than from a
+    library's guess.
+  - When the association is accepted it runs a C-ECHO, or a STUDY-level C-FIND that
+    reports only how many studies matched, and then releases the association.
+  - With O(expect) the task becomes an assertion; a server that answers differently fails
+    the task with a message that says what was expected and what happened.
+  - All parameters are checked before any traffic; AE titles, ports, certificate files and
+    identity fields that cannot work fail the task at once.
+  - The probe never waits longer than O(timeout). A server that stays silent, sends
+    garbage, resets the connection or announces a giant PDU gives an outcome, not a hang.
+author:
+  - dicomsec.hardening contributors (@dicomsec)
+requirements:
+  - pynetdicom >= 3.0 on the managed host
+extends_documentation_fragment:
+  - dicomsec.hardening.dicom
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: The probe only reads (C-ECHO or a count-only C-FIND), so it also runs in check mode and reports the real outcome.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+options:
+  host:
+    description: Address or name of the DICOM server.
+    type: str
+    required: true
+  port:
+    description: TCP port of the DICOM server.
+    type: int
+    default: 104
+  called_ae:
+    description: Called AE title, the title the server is asked to answer as (at most 16 characters).
+    type: str
+    default: ANY-SCP
+  calling_ae:
+    description: Calling AE title this side presents (at most 16 characters).
+    type: str
+    default: DICOMSEC-PROBE
+  timeout:
+    description: Seconds the whole probe (connect, TLS, association, DIMSE, release) may take.
+    type: float
+    default: 10
+  bind_address:
+    description: Local source address to connect from, to test address-based rules.
+    type: str
+  dimse:
+    description:
+      - What to do once the association is accepted.
+      - V(echo) sends a C-ECHO (Verification).
+      - V(find) sends a STUDY-level C-FIND asking only for Study Instance UIDs and counts the
+        matches; no identifier is decoded or returned.
+      - V(none) releases right away.
+    type: str
+    choices: [echo, find, none]
+    default: echo
+  expect:
+    description:
+      - Outcome to assert.
+      - V(any) never fails on the outcome.
+      - V(accepted) needs an A-ASSOCIATE-AC.
+      - V(denied) needs anything but an accepted association (reject, abort, TLS failure, refusal, timeout).
+      - V(rejected) needs an A-ASSOCIATE-RJ.
+    type: str
+    choices: [any, accepted, denied, rejected]
+    default: any
+  expect_reason:
+    description:
+      - Reject reason to assert, by its PS3.8 Table 9-21 name; implies O(expect=rejected).
+    type: str
+    choices:
+      - no-reason-given
+      - application-context-not-supported
+      - calling-ae-not-recognized
+      - called-ae-not-recognized
+      - protocol-version-not-supported
+      - temporary-congestion
+      - local-limit-exceeded
+notes:
+  - Outcomes are V(accepted), V(rejected) (A-ASSOCIATE-RJ), V(aborted) (A-ABORT, a close or
+    reset without an answer, or an answer that is not valid DICOM), V(refused) (TCP connection
+    refused or unreachable), V(timeout) and V(tls_failed) (handshake failure or TLS alert,
+    including a TLS 1.3 server that refuses the client certificate after the handshake).
+  - Only Implicit VR Little Endian is proposed, which every DICOM acceptor supports.
+seealso:
+  - module: dicomsec.hardening.dicom_audit
+"""
+
+EXAMPLES = r"""
+- name: Prove the archive answers C-ECHO for the modality's AE title
+  dicomsec.hardening.dicom_association:
+    host: 127.0.0.1
+    port: 4242
+    called_ae: ORTHANC
+    calling_ae: CT01
+    expect: accepted
+
+- name: Prove an unknown modality is turned away by an A-ASSOCIATE-RJ on its calling AE
+  dicomsec.hardening.dicom_association:
+    host: 127.0.0.1
+    port: 4242
+    called_ae: ORTHANC
+    calling_ae: INTRUDER
+    expect_reason: calling-ae-not-recognized
+
+- name: Prove that a request without user identity is not accepted
+  dicomsec.hardening.dicom_association:
+    host: 127.0.0.1
+    port: 11112
+    called_ae: PACS
+    expect: denied
+
+- name: Log in with user name and passcode over TLS with a client certificate
+  dicomsec.hardening.dicom_association:
+    host: pacs.example.org
+    port: 2762
+    called_ae: PACS
+    calling_ae: CT01
+    tls:
+      enabled: true
+      ca_file: /etc/dicomsec/ca.pem
+      cert_file: /etc/dicomsec/ct01.pem
+      key_file: /etc/dicomsec/ct01.key
+    identity:
+      type: username_passcode
+      username: ct01
+      passcode: "{{ vault_ct01_passcode }}"
+      positive_response_requested: true
+    expect: accepted
+
+- name: Prove the TLS port refuses TLS 1.1 on purpose
+  dicomsec.hardening.dicom_association:
+    host: pacs.example.org
+    port: 2762
+    tls:
+      enabled: true
+      ca_file: /etc/dicomsec/ca.pem
+      min_version: TLSv1.1
+      max_version: TLSv1.1
+    expect: denied
+
+- name: Count studies an anonymous caller can see (no patient data is returned)
+  dicomsec.hardening.dicom_association:
+    host: 127.0.0.1
+    port: 4242
+    called_ae: ORTHANC
+    dimse: find
+  register: exposure
+
+- name: Fail when anonymous C-FIND returns anything
+  ansible.builtin.assert:
+    that: exposure.outcome != 'accepted' or (exposure.matches | default(0, true)) == 0
+"""
+
+RETURN = r"""
+outcome:
+  description: What happened to the association.
+  returned: always
+  type: str
+  choices: [accepted, rejected, aborted, refused, timeout, tls_failed]
+  sample: rejected
+reject:
+  description: The A-ASSOCIATE-RJ fields as numbers and PS3.8 names; null unless the server rejected the association.
+  returned: always
+  type: dict
+  contains:
+    result:
+      description: 1 permanent, 2 transient.
+      type: int
+    result_name:
+      description: V(rejected-permanent) or V(rejected-transient).
+      type: str
+    source:
+      description: 1 service-user, 2 service-provider (ACSE), 3 service-provider (presentation).
+      type: int
+    source_name:
+      description: Name of the source.
+      type: str
+    reason:
+      description: Reason/diagnostic number.
+      type: int
+    reason_name:
+      description: Name of the reason, for example V(calling-ae-not-recognized).
+      type: str
+  sample: {result: 1, result_name: rejected-permanent, source: 1, source_name: service-user, reason: 3, reason_name: calling-ae-not-recognized}
+abort:
+  description: Source and reason of an A-ABORT the server sent, with names; null otherwise.
+  returned: always
+  type: dict
+  sample: {source: 2, source_name: service-provider, reason: 0, reason_name: reason-not-specified}
+identity_response:
+  description:
+    - Whether the A-ASSOCIATE-AC carried a User Identity server response, its length and its
+      content in base64. Null unless accepted.
+    - An accepted request with O(identity.positive_response_requested=true) and V(present=false)
+      means the server ignored the identity.
+  returned: always
+  type: dict
+  sample: {present: true, length: 0, server_response: ""}
+tls:
+  description: Negotiated TLS version, cipher and the server certificate's subject; null without TLS or when the handshake failed.
+  returned: always
+  type: dict
+  sample: {version: TLSv1.3, cipher: TLS_AES_256_GCM_SHA384, peer_subject: CN=pacs.example.org}
+dimse_status:
+  description: Status of the C-ECHO or the final C-FIND response (0 is success); null when none was received.
+  returned: always
+  type: int
+  sample: 0
+dimse_status_category:
+  description: V(success), V(warning), V(failure) or V(cancel); null when no status was received.
+  returned: always
+  type: str
+  sample: success
+matches:
+  description: Number of pending C-FIND responses (matching studies) when O(dimse=find) ran; null otherwise.
+  returned: always
+  type: int
+  sample: 0
+latency_ms:
+  description: Milliseconds from the start of the TCP connect to the server's answer to the A-ASSOCIATE-RQ.
+  returned: always
+  type: float
+  sample: 0.81
+elapsed_ms:
+  description: Milliseconds the whole probe took, release included.
+  returned: always
+  type: float
+  sample: 1.7
+released:
+  description: Whether the association ended with an orderly A-RELEASE.
+  returned: always
+  type: bool
+  sample: true
+detail:
+  description: Extra facts behind the outcome, for example the TLS alert or the protocol error seen; null when there are none.
+  returned: always
+  type: str
+  sample: "TLS alert from peer: TLSV13_ALERT_CERTIFICATE_REQUIRED"
+msg:
+  description: One sentence about what happened.
+  returned: always
+  type: str
+  sample: "association to 127.0.0.1:4242 (called ORTHANC, calling INTRUDER) rejected: rejected-permanent service-user, reason 3 calling-ae-not-recognized"
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_args
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe
+
+RESULT_KEYS = (
+    "outcome",
+    "reject",
+    "abort",
+    "identity_response",
+    "tls",
+    "dimse_status",
+    "dimse_status_category",
+    "matches",
+    "latency_ms",
+    "elapsed_ms",
+    "released",
+    "detail",
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            host=dict(type="str", required=True),
+            port=dict(type="int", default=104),
+            called_ae=dict(type="str", default="ANY-SCP"),
+            calling_ae=dict(type="str", default="DICOMSEC-PROBE"),
+            timeout=dict(type="float", default=10),
+            bind_address=dict(type="str"),
+            tls=dicom_args.tls_spec(),
+            identity=dicom_args.identity_spec(),
+            dimse=dict(type="str", choices=["echo", "find", "none"], default="echo"),
+            expect=dict(type="str", choices=["any", "accepted", "denied", "rejected"], default="any"),
+            expect_reason=dict(type="str", choices=dicom_pdu.REJECT_REASON_NAMES[:-1]),
+        ),
+        supports_check_mode=True,
+    )
+    if not dicom_pdu.HAS_PYNETDICOM:
+        module.fail_json(msg=missing_required_lib("pynetdicom"), exception=str(dicom_pdu.PYNETDICOM_IMPORT_ERROR))
+
+    params = module.params
+    req = dict(
+        host=params["host"],
+        port=params["port"],
+        called_ae=params["called_ae"],
+        calling_ae=params["calling_ae"],
+        timeout=params["timeout"],
+        bind_address=params["bind_address"],
+        tls=params["tls"] if params["tls"] and params["tls"]["enabled"] else None,
+        identity=params["identity"] if params["identity"] and params["identity"]["type"] else None,
+        dimse=params["dimse"],
+    )
+    errors = dicom_probe.validate_request(req)
+    if errors:
+        module.fail_json(msg="invalid parameters, nothing was sent: " + "; ".join(errors))
+
+    result = dicom_probe.probe(req)
+    shaped = dict((key, result.get(key)) for key in RESULT_KEYS)
+    msg = dicom_probe.outcome_message(result)
+    expect = params["expect"]
+    if params["expect_reason"] and expect == "any":
+        expect = "rejected"
+    problem = dicom_probe.expectation_error(result, expect, params["expect_reason"])
+    if problem:
+        module.fail_json(msg="%s: %s" % (problem, msg), changed=False, **shaped)
+    module.exit_json(changed=False, msg=msg, **shaped)
+
+
+if __name__ == "__main__":
+    main()

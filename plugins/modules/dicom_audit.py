@@ -1,0 +1,347 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: contributors to the dicomsec.hardening collection
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: dicom_audit
+short_description: Run a matrix of association attacks against many DICOM endpoints
+version_added: 1.0.0
+description:
+  - Tries, against every endpoint at once, the associations an attacker or a
+    misconfiguration would use, and reports per endpoint which defences held.
+  - Each check isolates one layer. AE title checks run over the endpoint's own transport
+    with the audit's client certificate, identity checks use the authorized AE titles,
+    TLS checks use the authorized AE titles and identity.
+  - Outcomes are read from the PDUs the servers send, so an A-ASSOCIATE-RJ is never taken
+    for an abort, however many associations run at once.
+  - The first association to an endpoint also tests that it answers. An endpoint that
+    refuses the connection or stays silent gets one failed V(reachable) finding and no
+    other traffic, so a dead endpoint costs at most O(timeout).
+  - The task fails when a check at or above O(fail_on) fails; it never changes anything.
+author:
+  - dicomsec.hardening contributors (@dicomsec)
+requirements:
+  - pynetdicom >= 3.0 on the managed host
+extends_documentation_fragment:
+  - dicomsec.hardening.dicom
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: The checks only open associations (and a count-only C-FIND), so they also run in check mode.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+options:
+  endpoints:
+    description: The DICOM endpoints to audit.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Label for the reports. Defaults to V(host:port).
+        type: str
+      host:
+        description: Address or name of the endpoint.
+        type: str
+        required: true
+      port:
+        description: TCP port.
+        type: int
+        default: 104
+      tls:
+        description:
+          - Whether the endpoint is expected to speak DICOM TLS. Enables the TLS checks and makes
+            the other checks connect with TLS using O(tls).
+        type: bool
+        default: false
+      called_ae:
+        description: The endpoint's real called AE title.
+        type: str
+        default: ANY-SCP
+  calling_ae:
+    description:
+      - Calling AE title of the authorized client. Setting it counts as giving credentials, which
+        enables the V(authorized) check.
+      - When omitted, V(DICOMSEC-PROBE) is used where an authorized title is needed.
+    type: str
+  concurrency:
+    description: Associations in flight at once, across all endpoints.
+    type: int
+    default: 32
+  timeout:
+    description: Seconds one association may take, from connect to release.
+    type: float
+    default: 5
+  checks:
+    description:
+      - Checks to run; all when omitted.
+      - V(any_ae) (high) a random calling AE reaches a random called AE.
+      - V(called_ae_guess) (medium) with the authorized calling AE, a random called AE title is accepted
+        or, when it is not, a well-known one (ANY-SCP, ECHOSCU, STORESCP, STORESCU, ORTHANC,
+        DCM4CHEE, PACS, DICOM) other than the endpoint's.
+      - V(no_identity) (high) the authorized AE titles without user identity are accepted.
+      - V(wrong_passcode) (high) a wrong passcode (or a corrupted token) is accepted; needs O(identity) with a secret.
+      - V(identity_ignored) (medium) identity with a positive response requested is accepted without a response.
+      - V(plaintext_accepted) (high) plain TCP is accepted on a TLS endpoint.
+      - V(tls_no_client_cert) (high) a TLS client without a certificate is accepted; needs O(tls.cert_file).
+      - V(tls_legacy) (medium) a TLS 1.0/1.1 handshake succeeds.
+      - V(cfind_exposure) (high) a random calling AE without identity gets C-FIND answers; only the number of studies is kept.
+        When the V(any_ae) association is accepted it asks the query itself.
+      - V(authorized) (high) the authorized association (O(calling_ae), O(identity), O(tls)) is not accepted or its C-ECHO fails; needs credentials.
+    type: list
+    elements: str
+    choices:
+      - any_ae
+      - called_ae_guess
+      - no_identity
+      - wrong_passcode
+      - identity_ignored
+      - plaintext_accepted
+      - tls_no_client_cert
+      - tls_legacy
+      - cfind_exposure
+      - authorized
+  fail_on:
+    description: Lowest severity of a failed check that fails the task; V(never) only reports.
+    type: str
+    choices: [high, medium, low, never]
+    default: high
+notes:
+  - O(identity) and O(tls) describe the authorized client. The O(tls) settings apply to every
+    endpoint with O(endpoints[].tls=true).
+  - Endpoints that cannot be reached are reported with a failed V(reachable) finding of severity high.
+seealso:
+  - module: dicomsec.hardening.dicom_association
+"""
+
+EXAMPLES = r"""
+- name: Audit the archive's AE title policy, failing on any high-severity weakness
+  dicomsec.hardening.dicom_audit:
+    endpoints:
+      - name: archive
+        host: 127.0.0.1
+        port: 4242
+        called_ae: ORTHANC
+    calling_ae: CT01
+    checks: [any_ae, called_ae_guess, cfind_exposure, authorized]
+  register: audit
+
+- name: Show what the audit found
+  ansible.builtin.debug:
+    msg: "{{ audit.summary }}"
+
+- name: Audit TLS endpoints with the authorized client's certificate and passcode, report only
+  dicomsec.hardening.dicom_audit:
+    endpoints:
+      - name: pacs-tls
+        host: pacs.example.org
+        port: 2762
+        tls: true
+        called_ae: PACS
+    calling_ae: CT01
+    identity:
+      type: username_passcode
+      username: ct01
+      passcode: "{{ vault_ct01_passcode }}"
+    tls:
+      ca_file: /etc/dicomsec/ca.pem
+      cert_file: /etc/dicomsec/ct01.pem
+      key_file: /etc/dicomsec/ct01.key
+    fail_on: never
+  register: tls_audit
+
+- name: Fail when any TLS check failed, whatever its severity
+  ansible.builtin.assert:
+    that: tls_audit.endpoints | map(attribute='findings') | flatten | selectattr('passed', 'false') | list | length == 0
+
+- name: Only the AE title checks, reporting without failing
+  dicomsec.hardening.dicom_audit:
+    endpoints:
+      - host: 127.0.0.1
+        port: 11112
+        called_ae: PACS
+      - host: 127.0.0.1
+        port: 11113
+    checks: [any_ae, called_ae_guess]
+    timeout: 2
+    fail_on: never
+"""
+
+RETURN = r"""
+endpoints:
+  description: One report per endpoint, in the order given.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Endpoint label.
+      type: str
+    host:
+      description: Endpoint host.
+      type: str
+    port:
+      description: Endpoint port.
+      type: int
+    tls:
+      description: Whether the endpoint was audited as a TLS endpoint.
+      type: bool
+    called_ae:
+      description: The endpoint's called AE title.
+      type: str
+    associations:
+      description: Associations attempted against this endpoint.
+      type: int
+    findings:
+      description: One finding per check that ran.
+      type: list
+      elements: dict
+      contains:
+        id:
+          description: Check name, or V(reachable) for an endpoint that could not be audited.
+          type: str
+        severity:
+          description: V(high), V(medium) or V(low).
+          type: str
+        passed:
+          description: Whether the defence held.
+          type: bool
+        evidence:
+          description: What was sent and what came back; never a credential or patient data.
+          type: str
+    skipped:
+      description: Selected checks that did not apply, each with C(id) and C(reason).
+      type: list
+      elements: dict
+  sample:
+    - name: archive
+      host: 127.0.0.1
+      port: 4242
+      tls: false
+      called_ae: ORTHANC
+      associations: 13
+      findings:
+        - id: any_ae
+          severity: high
+          passed: true
+          evidence: "called QK2..., calling R7D...: rejected (calling-ae-not-recognized)"
+      skipped:
+        - id: tls_legacy
+          reason: endpoint is not marked tls
+summary:
+  description: Totals over all endpoints.
+  returned: always
+  type: dict
+  contains:
+    endpoints:
+      description: Endpoints audited.
+      type: int
+    checks:
+      description: Findings produced.
+      type: int
+    passed:
+      description: Findings that passed.
+      type: int
+    failed:
+      description: Failed findings by severity (C(high), C(medium), C(low)).
+      type: dict
+    unreachable:
+      description: Names of endpoints that could not be audited.
+      type: list
+      elements: str
+    associations:
+      description: Associations attempted.
+      type: int
+    elapsed_ms:
+      description: Wall time of the whole matrix in milliseconds.
+      type: float
+    failing:
+      description: "C(endpoint: check) for every failed finding at or above O(fail_on)."
+      type: list
+      elements: str
+  sample:
+    endpoints: 2
+    checks: 14
+    passed: 9
+    failed: {high: 2, medium: 3, low: 0}
+    unreachable: []
+    associations: 26
+    elapsed_ms: 41.7
+    failing: ["router: any_ae", "router: no_identity"]
+msg:
+  description: One sentence with the totals.
+  returned: always
+  type: str
+  sample: "2 endpoints, 14 checks: 9 passed, failed 2 high / 3 medium / 0 low"
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_args
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_audit
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            endpoints=dict(
+                type="list",
+                elements="dict",
+                required=True,
+                options=dict(
+                    name=dict(type="str"),
+                    host=dict(type="str", required=True),
+                    port=dict(type="int", default=104),
+                    tls=dict(type="bool", default=False),
+                    called_ae=dict(type="str", default="ANY-SCP"),
+                ),
+            ),
+            calling_ae=dict(type="str"),
+            identity=dicom_args.identity_spec(),
+            tls=dicom_args.tls_spec(),
+            concurrency=dict(type="int", default=32),
+            timeout=dict(type="float", default=5),
+            checks=dict(type="list", elements="str", choices=dicom_audit.CHECK_IDS),
+            fail_on=dict(type="str", choices=["high", "medium", "low", "never"], default="high"),
+        ),
+        supports_check_mode=True,
+    )
+    if not dicom_pdu.HAS_PYNETDICOM:
+        module.fail_json(msg=missing_required_lib("pynetdicom"), exception=str(dicom_pdu.PYNETDICOM_IMPORT_ERROR))
+
+    config = dict(module.params)
+    errors = dicom_audit.validate(config)
+    if errors:
+        module.fail_json(msg="invalid parameters, nothing was sent: " + "; ".join(errors))
+
+    reports, summary = dicom_audit.audit(config)
+    failed = summary["failed"]
+    msg = "%d endpoints, %d checks: %d passed, failed %d high / %d medium / %d low" % (
+        summary["endpoints"], summary["checks"], summary["passed"], failed["high"], failed["medium"], failed["low"]
+    )
+    if summary["unreachable"]:
+        msg += "; unreachable: %s" % ", ".join(summary["unreachable"])
+    if summary["failing"]:
+        module.fail_json(
+            msg="%s; failing at or above %s: %s" % (msg, config["fail_on"], ", ".join(summary["failing"])),
+            changed=False,
+            endpoints=reports,
+            summary=summary,
+        )
+    module.exit_json(changed=False, msg=msg, endpoints=reports, summary=summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+# -*- coding: utf-8 -*-
+"""dicom_audit's check matrix against real servers: every check has a server where it
+must pass and one where it must fail."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dicom_lab import JWT_OK, LOOPBACK, SECRET_PASSCODE, USERS, ScpPolicy, free_port, run_module
+
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_audit as da
+
+PASSCODE_IDENTITY = dict(type="username_passcode", username="ct01", passcode=USERS["ct01"])
+
+
+@pytest.fixture(scope="module")
+def lab(scp_factory, tls_scp_factory, hostile):
+    return {
+        "open": dict(host=LOOPBACK, port=scp_factory(ScpPolicy.OPEN), called_ae="ANY-SCP"),
+        "strict": dict(host=LOOPBACK, port=scp_factory(ScpPolicy.STRICT_AE, ae_title="PACS01"), called_ae="PACS01"),
+        "whitelist": dict(host=LOOPBACK, port=scp_factory(ScpPolicy.CALLING_WHITELIST), called_ae="ANY-SCP"),
+        "aliases": dict(host=LOOPBACK, port=scp_factory(ScpPolicy.CALLED_ALIASES), called_ae="PACS01"),
+        "identity": dict(host=LOOPBACK, port=scp_factory(ScpPolicy.IDENTITY), called_ae="ANY-SCP"),
+        "tls": dict(host=LOOPBACK, port=tls_scp_factory(), called_ae="ANY-SCP", tls=True),
+        "tls_weak": dict(host=LOOPBACK, port=tls_scp_factory(legacy=True, require_client_cert=False), called_ae="ANY-SCP", tls=True),
+        # Marked TLS, but it is the open plain-TCP SCP: plaintext must be reported.
+        "tls_expected_plain": dict(host=LOOPBACK, port=scp_factory(ScpPolicy.OPEN), called_ae="ANY-SCP", tls=True),
+        "dead": dict(host=LOOPBACK, port=free_port(), called_ae="ANY-SCP"),
+        "silent": dict(host=LOOPBACK, port=hostile.ports["silence"], called_ae="ANY-SCP"),
+    }
+
+
+def run_audit(lab, names, pki=None, **config):
+    endpoints = [dict(lab[n], name=n) for n in names]
+    config = dict(dict(endpoints=endpoints, timeout=2, concurrency=32), **config)
+    if pki is not None:
+        config.setdefault("tls", pki.client_tls())
+    assert da.validate(config) == []
+    reports, summary = da.audit(config)
+    return {r["name"]: {f["id"]: f for f in r["findings"]} for r in reports}, reports, summary
+
+
+@pytest.fixture(scope="module")
+def matrix(lab, pki):
+    """One audit of every endpoint with passcode identity and a client certificate."""
+    start = time.monotonic()
+    findings, reports, summary = run_audit(
+        lab, list(lab), pki, calling_ae="CT01", identity=PASSCODE_IDENTITY
+    )
+    return findings, reports, summary, time.monotonic() - start
+
+
+def verdict(matrix, endpoint, check):
+    return matrix[0][endpoint][check]["passed"]
+
+
+def test_any_ae_fails_on_open_scp(matrix):
+    assert verdict(matrix, "open", "any_ae") is False
+
+
+def test_any_ae_passes_on_calling_whitelist(matrix):
+    assert verdict(matrix, "whitelist", "any_ae") is True
+    assert "calling-ae-not-recognized" in matrix[0]["whitelist"]["any_ae"]["evidence"]
+
+
+def test_called_ae_guess_fails_when_called_ae_is_not_checked(matrix):
+    finding = matrix[0]["whitelist"]["called_ae_guess"]
+    assert finding["passed"] is False
+    assert "not checked" in finding["evidence"]
+
+
+def test_called_ae_guess_fails_when_a_default_title_is_also_accepted(matrix):
+    finding = matrix[0]["aliases"]["called_ae_guess"]
+    assert finding["passed"] is False
+    assert finding["evidence"] == "accepted guessed called AE titles: PACS"
+
+
+def test_called_ae_guess_passes_when_called_ae_is_checked(matrix):
+    assert verdict(matrix, "strict", "called_ae_guess") is True
+    assert "called-ae-not-recognized" in matrix[0]["strict"]["called_ae_guess"]["evidence"]
+
+
+def test_no_identity_fails_on_open_scp(matrix):
+    assert verdict(matrix, "open", "no_identity") is False
+
+
+def test_no_identity_passes_when_identity_is_required(matrix):
+    assert verdict(matrix, "identity", "no_identity") is True
+
+
+def test_wrong_passcode_fails_on_open_scp(matrix):
+    assert verdict(matrix, "open", "wrong_passcode") is False
+
+
+def test_wrong_passcode_passes_when_passcode_is_checked(matrix):
+    assert verdict(matrix, "identity", "wrong_passcode") is True
+
+
+def test_identity_ignored_fails_on_open_scp(lab):
+    findings, _r, _s = run_audit(lab, ["open"], identity=dict(type="jwt", token=JWT_OK), checks=["identity_ignored"])
+    assert findings["open"]["identity_ignored"]["passed"] is False
+
+
+def test_identity_ignored_passes_when_server_confirms_identity(lab):
+    findings, _r, _s = run_audit(lab, ["identity"], identity=dict(type="jwt", token=JWT_OK), checks=["identity_ignored"])
+    assert findings["identity"]["identity_ignored"]["passed"] is True
+
+
+def test_plaintext_accepted_fails_where_tls_is_expected_but_plain_answers(matrix):
+    assert verdict(matrix, "tls_expected_plain", "plaintext_accepted") is False
+
+
+def test_plaintext_accepted_passes_on_tls_only_endpoint(matrix):
+    assert verdict(matrix, "tls", "plaintext_accepted") is True
+
+
+def test_tls_no_client_cert_fails_when_server_does_not_ask(matrix):
+    assert verdict(matrix, "tls_weak", "tls_no_client_cert") is False
+
+
+def test_tls_no_client_cert_passes_when_server_requires_one(matrix):
+    assert verdict(matrix, "tls", "tls_no_client_cert") is True
+
+
+def test_tls_legacy_fails_when_tls_1_1_is_accepted(matrix):
+    finding = matrix[0]["tls_weak"]["tls_legacy"]
+    assert finding["passed"] is False
+    assert "TLSv1.1" in finding["evidence"]
+
+
+def test_tls_legacy_passes_on_modern_server(matrix):
+    assert verdict(matrix, "tls", "tls_legacy") is True
+
+
+def test_tls_checks_are_skipped_on_plain_endpoints(matrix):
+    report = next(r for r in matrix[1] if r["name"] == "open")
+    skipped = {s["id"] for s in report["skipped"]}
+    assert {"plaintext_accepted", "tls_no_client_cert", "tls_legacy"} <= skipped
+
+
+def test_cfind_exposure_fails_and_reports_only_a_count(matrix):
+    finding = matrix[0]["open"]["cfind_exposure"]
+    assert finding["passed"] is False
+    assert "2 matching studies" in finding["evidence"]
+
+
+def test_cfind_exposure_passes_when_unknown_callers_are_rejected(matrix):
+    assert verdict(matrix, "whitelist", "cfind_exposure") is True
+
+
+def test_cfind_exposure_is_asked_separately_when_random_called_ae_is_rejected(matrix):
+    # strict rejects the random called AE of the first association; the query check must
+    # then use the real called AE (and is rejected on the calling AE).
+    finding = matrix[0]["strict"]["cfind_exposure"]
+    assert finding["passed"] is True
+    assert "PACS01" in finding["evidence"]
+
+
+def test_authorized_passes_for_whitelisted_calling_ae(matrix):
+    assert verdict(matrix, "whitelist", "authorized") is True
+    assert verdict(matrix, "tls", "authorized") is True
+    assert verdict(matrix, "identity", "authorized") is True
+
+
+def test_authorized_fails_for_calling_ae_not_on_whitelist(lab):
+    findings, _r, _s = run_audit(lab, ["whitelist"], calling_ae="NOTLISTED", checks=["authorized"])
+    assert findings["whitelist"]["authorized"]["passed"] is False
+
+
+def test_authorized_is_skipped_without_credentials(lab):
+    _f, reports, _s = run_audit(lab, ["open"], checks=["authorized"])
+    assert reports[0]["skipped"][0]["id"] == "authorized"
+    assert reports[0]["findings"] == []
+
+
+def test_dead_and_silent_endpoints_are_unreachable_and_cost_one_timeout(matrix):
+    findings, reports, summary, elapsed = matrix
+    assert findings["dead"]["reachable"]["passed"] is False
+    assert findings["silent"]["reachable"]["passed"] is False
+    assert set(summary["unreachable"]) == {"dead", "silent"}
+    # One 2 s timeout for the silent endpoint, everything else concurrently.
+    assert elapsed < 2 * 2
+    silent = next(r for r in reports if r["name"] == "silent")
+    assert silent["associations"] == 1
+
+
+def test_summary_counts_failures_by_severity(matrix):
+    findings, reports, summary, dummy = matrix
+    counted = {"high": 0, "medium": 0, "low": 0}
+    for per_endpoint in findings.values():
+        for finding in per_endpoint.values():
+            if not finding["passed"]:
+                counted[finding["severity"]] += 1
+    assert summary["failed"] == counted
+    assert summary["checks"] == sum(len(f) for f in findings.values())
+    assert "open: any_ae" in summary["failing"]
+
+
+def test_no_credential_appears_in_the_report(matrix):
+    assert USERS["ct01"] not in repr(matrix)
+
+
+def test_default_orthanc_lets_any_ae_in(orthanc_open):
+    config = dict(endpoints=[dict(name="orthanc", host=LOOPBACK, port=orthanc_open, called_ae="ORTHANC")], timeout=2,
+                  concurrency=8, checks=["any_ae", "identity_ignored"])
+    reports, dummy = da.audit(config)
+    findings = {f["id"]: f for f in reports[0]["findings"]}
+    assert findings["any_ae"]["passed"] is False
+    assert findings["identity_ignored"]["passed"] is False
+
+
+def test_hardened_orthanc_holds_the_ae_checks(orthanc_hardened):
+    config = dict(endpoints=[dict(name="orthanc", host=LOOPBACK, port=orthanc_hardened, called_ae="ORTHANC")],
+                  calling_ae="CT01", timeout=2, concurrency=8, checks=["any_ae", "called_ae_guess", "cfind_exposure", "authorized"])
+    reports, dummy = da.audit(config)
+    findings = {f["id"]: f["passed"] for f in reports[0]["findings"]}
+    assert findings == {"any_ae": True, "called_ae_guess": True, "cfind_exposure": True, "authorized": True}
+
+
+def test_storescp_accepts_any_ae(storescp):
+    config = dict(endpoints=[dict(host=LOOPBACK, port=storescp, called_ae="STORESCP")], timeout=2, checks=["any_ae"])
+    reports, dummy = da.audit(config)
+    assert reports[0]["findings"][0]["passed"] is False
+
+
+# --- through ansible ----------------------------------------------------------------------
+
+
+def test_module_fails_on_high_findings_with_their_names(lab):
+    args = dict(endpoints=[dict(lab["open"], name="open")], checks=["any_ae"], timeout=2)
+    rc, out, res = run_module("dicom_audit", args)
+    assert rc != 0
+    assert "open: any_ae" in res["msg"]
+    assert res["summary"]["failed"]["high"] == 1
+
+
+def test_module_reports_without_failing_when_fail_on_never(lab):
+    args = dict(endpoints=[dict(lab["open"], name="open")], checks=["any_ae"], timeout=2, fail_on="never")
+    rc, out, res = run_module("dicom_audit", args, check=True)
+    assert rc == 0, out
+    assert res["changed"] is False
+    assert res["endpoints"][0]["findings"][0]["passed"] is False
+
+
+def test_medium_finding_fails_only_from_fail_on_medium(lab):
+    args = dict(endpoints=[dict(lab["whitelist"], name="wl")], calling_ae="CT01", checks=["called_ae_guess"], timeout=2)
+    rc_high, out, dummy = run_module("dicom_audit", dict(args, fail_on="high"))
+    rc_medium, _o, res = run_module("dicom_audit", dict(args, fail_on="medium"))
+    assert rc_high == 0, out
+    assert rc_medium != 0
+    assert "wl: called_ae_guess" in res["msg"]
+
+
+def test_module_hides_passcode_in_verbose_output(lab):
+    args = dict(
+        endpoints=[dict(lab["identity"], name="id")],
+        calling_ae="CT01",
+        identity=PASSCODE_IDENTITY,
+        checks=["no_identity", "wrong_passcode", "authorized"],
+        timeout=2,
+    )
+    rc, out, res = run_module("dicom_audit", args, verbosity=4)
+    assert rc == 0, out
+    assert SECRET_PASSCODE not in out
+    assert {f["id"]: f["passed"] for f in res["endpoints"][0]["findings"]} == {
+        "no_identity": True, "wrong_passcode": True, "authorized": True
+    }
+
+
+def test_module_rejects_bad_endpoint_before_any_traffic(hostile):
+    before = sum(hostile.connections.values())
+    args = dict(endpoints=[dict(host=LOOPBACK, port=hostile.ports["close"], called_ae="BAD\\AE")])
+    rc, out, res = run_module("dicom_audit", args)
+    assert rc != 0
+    assert "backslash" in res["msg"]
+    assert sum(hostile.connections.values()) == before
+
+
+def test_cfind_exposure_asked_separately_still_fails_when_answered(matrix):
+    # aliases rejects the random called AE but answers queries on its real title.
+    finding = matrix[0]["aliases"]["cfind_exposure"]
+    assert finding["passed"] is False
+    assert "2 matching studies" in finding["evidence"]
+
+
+def test_hostile_endpoints_neither_hang_nor_crash_the_audit(hostile):
+    modes = ["garbage", "endless", "giant", "reset", "close", "abort", "truncated_ac", "ac_then_garbage", "reject_then_reset"]
+    config = dict(
+        endpoints=[dict(name=m, host=LOOPBACK, port=hostile.ports[m], called_ae="ANY-SCP") for m in modes],
+        calling_ae="CT01", timeout=1, concurrency=16,
+    )
+    start = time.monotonic()
+    reports, summary = da.audit(config)
+    elapsed = time.monotonic() - start
+    # The endless PDU is the slowest: one timeout for its first probe; nothing else may
+    # stack up beyond a second round of timeouts.
+    assert elapsed < 2 * 1 + 1.5
+    by_name = {r["name"]: {f["id"]: f for f in r["findings"]} for r in reports}
+    assert by_name["endless"]["reachable"]["passed"] is False
+    for mode in ("garbage", "giant", "reset", "close", "abort", "truncated_ac", "reject_then_reset"):
+        assert by_name[mode]["any_ae"]["passed"] is True, mode
+    # The hostile AC is an accepted association: any AE gets in, whatever follows.
+    assert by_name["ac_then_garbage"]["any_ae"]["passed"] is False
+    assert summary["endpoints"] == len(modes)
