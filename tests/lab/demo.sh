@@ -35,8 +35,9 @@ for h in $(docker ps --filter label=dicomsec.scenario="$scenario" --format '{{.N
 done
 echo
 echo "  verdict: the lab is $verdict"
-echo "  still to come: the hardening roles (nftables_whitelist, pacs_identity,"
-echo "  nginx_stream_proxy, strongswan_tunnel), the verification modules, and"
+echo "  available: the nftables_whitelist role (molecule scenario nftables_whitelist)"
+echo "  and the dicom_association / dicom_audit verification modules."
+echo "  still to come: pacs_identity, nginx_stream_proxy, strongswan_tunnel and"
 echo "  playbooks/site.yml + verify.yml, which will harden this lab and prove it"
 echo "  with real DICOM associations."
 echo

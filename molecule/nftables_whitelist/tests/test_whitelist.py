@@ -1,0 +1,226 @@
+"""The whitelist, proven from the hosts that matter: allowed, denied, operator.
+
+wl-allowed (198.18.10.31) is on the DICOM whitelist; wl-denied (198.18.10.32)
+sits on the same LAN and is not; wl-admin is on the management network.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+SCENARIO = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+
+SERVER_V4, SERVER_V6 = "198.18.10.30", "2001:db8:d1c0:10::30"
+SERVER_MGMT_V4, SERVER_MGMT_V6 = "198.18.40.30", "2001:db8:d1c0:40::30"
+LOG_FILE = "/var/log/ulog/dicomsec-refused.log"
+
+# Runs on a client: one TCP connection attempt, or a DICOM C-ECHO association.
+PROBE = r'''
+import socket, sys, time
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "tcp":
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        print("open")
+    except ConnectionRefusedError:
+        print("refused")
+    except (socket.timeout, TimeoutError):
+        print("timeout")
+elif mode == "echo":
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 3
+    assoc = ae.associate(host, port, ae_title="LABSCP")
+    if assoc.is_established:
+        status = assoc.send_c_echo()
+        assoc.release()
+        print("accepted", hex(status.Status) if status else "no-status")
+    else:
+        print("not-established")
+elif mode == "burst":
+    # Opens `count` connections as fast as possible, closing each.
+    count, opened, refused = int(sys.argv[4]), 0, 0
+    for _ in range(count):
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            opened += 1
+        except ConnectionRefusedError:
+            refused += 1
+    print(opened, refused)
+elif mode == "hold":
+    # Holds `count` connections open at once, a little apart so the rate limit stays out of it.
+    count, held, refused = int(sys.argv[4]), [], 0
+    for _ in range(count):
+        try:
+            held.append(socket.create_connection((host, port), timeout=2))
+        except ConnectionRefusedError:
+            refused += 1
+        time.sleep(0.3)
+    print(len(held), refused)
+'''
+PROBE_B64 = base64.b64encode(PROBE.encode()).decode()
+
+
+def host(name):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def probe(name, *args):
+    cmd = f"echo {PROBE_B64} | base64 -d > /tmp/probe.py && python3 /tmp/probe.py " + " ".join(map(str, args))
+    return host(name).check_output(cmd).strip()
+
+
+def live_digest():
+    out = host("wl-server").check_output("nft --terse list table inet dicomsec")
+    return next(line.split('"')[1] for line in out.splitlines() if "comment" in line)
+
+
+def run_converge(extra_vars, *flags):
+    """Run the scenario's converge again with some variables changed."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ansible.cfg"))
+    return subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, os.path.join(SCENARIO, "converge.yml"),
+         "-e", json.dumps(extra_vars), *flags],
+        capture_output=True, text=True, timeout=300, check=False, env=env,
+    )
+
+
+@pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
+@pytest.mark.parametrize("port", [104, 11112])
+def test_allowed_modality_completes_a_dicom_echo(addr, port):
+    assert probe("wl-allowed", "echo", addr, port) == "accepted 0x0"
+
+
+@pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
+@pytest.mark.parametrize("port", [104, 11112])
+def test_denied_host_is_rejected_with_a_reset(addr, port):
+    # refused_action is reject: the client gets a TCP reset, not a silent drop.
+    assert probe("wl-denied", "tcp", addr, port) == "refused"
+    assert probe("wl-denied", "echo", addr, port) == "not-established"
+
+
+def test_refused_attempt_is_logged_with_the_prefix():
+    probe("wl-denied", "tcp", SERVER_V4, 104)
+    log = host("wl-server").file(LOG_FILE)
+    deadline = time.time() + 5
+    while time.time() < deadline and "SRC=198.18.10.32" not in log.content_string:
+        time.sleep(0.2)
+    lines = [ln for ln in log.content_string.splitlines() if "SRC=198.18.10.32" in ln]
+    assert lines, log.content_string[-2000:]
+    assert "dicomsec-refused dicom:" in lines[-1]
+    assert "DPT=104 " in lines[-1] or "DPT=11112 " in lines[-1]
+
+
+def test_accepted_connections_are_not_logged():
+    probe("wl-allowed", "tcp", SERVER_V4, 104)
+    assert "SRC=198.18.10.31" not in host("wl-server").file(LOG_FILE).content_string
+
+
+@pytest.mark.parametrize("addr", [SERVER_MGMT_V4, SERVER_MGMT_V6])
+def test_management_port_is_reachable_from_the_management_network(addr):
+    assert probe("wl-admin", "tcp", addr, 22) == "open"
+
+
+@pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
+def test_management_port_is_closed_to_other_hosts(addr):
+    # Unprotected traffic meets input policy drop: no answer at all.
+    assert probe("wl-denied", "tcp", addr, 22) == "timeout"
+    assert probe("wl-allowed", "tcp", addr, 22) == "timeout"
+
+
+def test_tables_made_before_the_run_are_untouched():
+    out = host("wl-server").check_output("nft list table inet admin_keep")
+    assert 'tcp dport 9999 counter' in out
+    assert 'comment "admin rule"' in out
+
+
+def limit_refusals(set_name):
+    out = host("wl-server").check_output("nft list chain inet dicomsec allow_dicom")
+    line = next(ln for ln in out.splitlines() if f"@{set_name}" in ln)
+    return int(line.split("packets ")[1].split()[0])
+
+
+def test_rate_limit_refuses_a_burst_beyond_its_limit():
+    time.sleep(2)  # let the per-source bucket refill after earlier tests
+    rate_before, conn_before = limit_refusals("rate_dicom_v4"), limit_refusals("conn_dicom_v4")
+    opened, refused = map(int, probe("wl-allowed", "burst", SERVER_V4, 104, 40).split())
+    # 5/second with a burst of 5: a sub-second burst of 40 mostly bounces.
+    assert opened >= 1, (opened, refused)
+    assert refused >= 20, (opened, refused)
+    # Every refusal came from the allowed source's limits, most from the rate limit.
+    rate = limit_refusals("rate_dicom_v4") - rate_before
+    conn = limit_refusals("conn_dicom_v4") - conn_before
+    assert rate + conn == refused, (rate, conn, refused)
+    assert rate >= 20, (rate, conn, refused)
+
+
+def test_connection_limit_refuses_connections_beyond_the_limit():
+    time.sleep(2)
+    held, refused = map(int, probe("wl-allowed", "hold", SERVER_V4, 104, 6).split())
+    assert (held, refused) == (4, 2)
+
+
+def test_a_broken_variable_fails_before_any_change():
+    before = live_digest()
+    result = run_converge({"nftables_whitelist_source_sets": {"modalities": ["198.18.10.300"]}})
+    assert result.returncode != 0
+    assert "Check each protected service" not in result.stdout, result.stdout[-3000:]
+    output = result.stdout + result.stderr
+    assert "nftables_whitelist_source_sets.modalities" in output
+    assert "198.18.10.300" in output
+    assert live_digest() == before
+    assert probe("wl-allowed", "echo", SERVER_V4, 104) == "accepted 0x0"
+
+
+def test_check_mode_shows_the_change_without_applying_it():
+    before = live_digest()
+    widened = {"nftables_whitelist_source_sets": {"modalities": ["198.18.10.31", "198.18.10.32",
+                                                                 "2001:db8:d1c0:10::31"]}}
+    result = run_converge(widened, "--check", "--diff")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "+\t\t198.18.10.32" in result.stdout.replace("\\t", "\t") or "198.18.10.32" in result.stdout
+    assert live_digest() == before
+    assert probe("wl-denied", "tcp", SERVER_V4, 104) == "refused"
+
+
+def test_a_change_the_controller_cannot_confirm_is_rolled_back():
+    before = live_digest()
+    # A real change, confirmed against a port nothing listens on: the check fails.
+    widened = {"nftables_whitelist_source_sets": {"modalities": ["198.18.10.31", "198.18.10.32",
+                                                                 "2001:db8:d1c0:10::31"]},
+               "nftables_whitelist_confirm_port": 9}
+    result = run_converge(widened)
+    assert result.returncode != 0
+    assert "previous table was restored" in result.stdout + result.stderr
+    assert live_digest() == before
+    # The file the next boot loads is the previous one too.
+    assert f'comment "{before}"' in host("wl-server").file("/etc/nftables.d/dicomsec.nft").content_string
+    assert probe("wl-denied", "tcp", SERVER_V4, 104) == "refused"
+    assert host("wl-server").run("systemctl is-active dicomsec-nftables-rollback.timer").stdout.strip() != "active"
+
+
+def test_whitelist_survives_a_reboot():
+    before = live_digest()
+    subprocess.run(["docker", "restart", "wl-server"], check=True, capture_output=True, timeout=120)
+    server = host("wl-server")
+    # Right after the restart systemd may not even answer yet: poll until it has booted.
+    deadline = time.time() + 60
+    while server.run("systemctl is-system-running").stdout.strip() not in ("running", "degraded"):
+        assert time.time() < deadline, server.run("systemctl --failed --no-legend").stdout
+        time.sleep(0.5)
+    assert server.run("systemctl is-active dicomsec-nftables").stdout.strip() == "active"
+    assert live_digest() == before
+    # The lab SCP needs a moment after boot to import pynetdicom and listen.
+    deadline = time.time() + 20
+    while server.run("ss -Htln 'sport = :104'").stdout.strip() == "" and time.time() < deadline:
+        time.sleep(0.5)
+    assert probe("wl-allowed", "echo", SERVER_V4, 104) == "accepted 0x0"
+    assert probe("wl-denied", "tcp", SERVER_V4, 104) == "refused"
