@@ -1,0 +1,293 @@
+# -*- coding: utf-8 -*-
+"""Orthanc with and without pacs_identity's TCP_NODELAY=1: C-STORE throughput and association setup.
+
+Orthanc's DICOM stack (DCMTK) leaves Nagle's algorithm on unless the environment variable
+TCP_NODELAY is set, so every DICOM message can wait for the peer's delayed ACK (~40 ms on
+Linux). pacs_identity sets TCP_NODELAY=1 for the service. This benchmark starts Debian's
+Orthanc twice on loopback, once as packaged and once with TCP_NODELAY=1, both with the
+role's access control (every DicomAlwaysAllow* false, the called AE checked, the client AE
+registered with its address), and measures, one run each:
+
+1. C-STORE throughput: DCMTK's storescu sends N generated instances of SIZE KB in one
+   association (whole storescu process wall time, MB/s of pixel data);
+2. association latency, M times in a row, medians: a raw client (one socket, hand-built
+   PDUs, so no client-side library overhead hides the server's stall) timing
+   A-ASSOCIATE-RQ -> A-ASSOCIATE-AC and A-RELEASE-RQ -> A-RELEASE-RP; and pynetdicom timing
+   a whole association (associate, one C-ECHO, release) as a client application sees it.
+
+It prints each figure for both runs and the ratio tuned/untuned. The A-ASSOCIATE exchange
+alone (one PDU each way) is barely affected; the stall hits DIMSE messages, whose command
+and data set travel in separate writes. Runs on loopback only.
+
+Usage: python benchmarks/orthanc_tcp_nodelay.py [--instances 200] [--size-kb 512] [--associations 50] [--json]
+Needs: Debian's orthanc and dcmtk packages, pydicom and pynetdicom.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+PACS_AET = "BENCHPACS"
+CLIENT_AET = "BENCHSCU"
+ORTHANC = "/usr/sbin/Orthanc"
+# DCMTK's storescu; pynetdicom installs a same-named script that may come first on PATH.
+STORESCU = "/usr/bin/storescu"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def make_instances(directory: Path, count: int, size_kb: int):
+    """Write `count` CT instances with `size_kb` KB of pixel data each; return the pixel bytes in total."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    side = int((size_kb * 1024 // 2) ** 0.5)
+    pixels = os.urandom(side * side * 2)
+    for i in range(count):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(directory / f"{i:05d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.PatientID = "BENCH"
+        ds.PatientName = "Bench^Mark"
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = None
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.1.1"
+        ds.Modality = "CT"
+        ds.Rows = ds.Columns = side
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = pixels
+        ds.save_as(directory / f"{i:05d}.dcm", enforce_file_format=True)
+    return count * len(pixels)
+
+
+class Orthanc:
+    """Debian's Orthanc on loopback in a temporary directory, stopped by its handle."""
+
+    def __init__(self, workdir: Path, nodelay: bool):
+        self.dir = workdir
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.nodelay = nodelay
+        self.proc = None
+
+    def __enter__(self):
+        (self.dir / "db").mkdir(parents=True)
+        (self.dir / "log").mkdir()
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(self.dir / "db"),
+            "IndexDirectory": str(self.dir / "db"),
+            "DicomAet": PACS_AET,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {"bench": os.urandom(16).hex()},
+            # pacs_identity's access control, so the tuned figure is the role's.
+            "DicomCheckCalledAet": True,
+            "DicomCheckModalityHost": True,
+            "DicomAlwaysAllowEcho": False,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowFind": False,
+            "DicomAlwaysAllowFindWorklist": False,
+            "DicomAlwaysAllowGet": False,
+            "DicomAlwaysAllowMove": False,
+            "DicomModalities": {"bench": {"AET": CLIENT_AET, "Host": LOOPBACK, "Port": 104,
+                                          "AllowEcho": True, "AllowStore": True}},
+            "StorageCompression": False,
+            "Plugins": [],
+        }
+        (self.dir / "orthanc.json").write_text(json.dumps(config))
+        env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+        if self.nodelay:
+            env["TCP_NODELAY"] = "1"
+        self.proc = subprocess.Popen([ORTHANC, f"--logdir={self.dir / 'log'}", str(self.dir / "orthanc.json")],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; logs in {self.dir / 'log'}")
+            try:
+                socket.create_connection((LOOPBACK, self.dicom_port), timeout=0.5).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Orthanc did not listen within 30 s") from None
+                time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def measure_store(port: int, files: list[Path], pixel_bytes: int):
+    start = time.perf_counter()
+    proc = subprocess.run([STORESCU, "-aet", CLIENT_AET, "-aec", PACS_AET, LOOPBACK, str(port), *map(str, files)],
+                          capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"storescu failed: {proc.stderr.strip()[-500:]}")
+    return {"seconds": elapsed, "mb_per_s": pixel_bytes / elapsed / 1e6}
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+
+def associate_rq(called: str, calling: str) -> bytes:
+    """A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification in Implicit VR Little Endian."""
+    context = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, b"1.2.840.10008.1.1") + _item(0x40, b"1.2.840.10008.1.2"))
+    user_info = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.10.1234.9"))
+    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + context + user_info)
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def read_pdu(sock: socket.socket) -> int:
+    header = b""
+    while len(header) < 6:
+        chunk = sock.recv(6 - len(header))
+        if not chunk:
+            raise RuntimeError("connection closed")
+        header += chunk
+    pdu_type, _reserved, length = struct.unpack(">BBI", header)
+    while length:
+        chunk = sock.recv(min(length, 65536))
+        if not chunk:
+            raise RuntimeError("connection closed")
+        length -= len(chunk)
+    return pdu_type
+
+
+def measure_raw_associations(port: int, count: int):
+    request = associate_rq(PACS_AET, CLIENT_AET)
+    release = struct.pack(">BBI", 0x05, 0, 4) + bytes(4)
+    setup, teardown = [], []
+    for _attempt in range(count):
+        with socket.create_connection((LOOPBACK, port)) as sock:
+            # The client side never waits on Nagle: only the server's behaviour is timed.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t0 = time.perf_counter()
+            sock.sendall(request)
+            if read_pdu(sock) != 0x02:
+                raise RuntimeError("association not accepted: is the client AE registered?")
+            t1 = time.perf_counter()
+            sock.sendall(release)
+            if read_pdu(sock) != 0x06:
+                raise RuntimeError("no A-RELEASE-RP")
+            t2 = time.perf_counter()
+        setup.append(t1 - t0)
+        teardown.append(t2 - t1)
+    return {"raw_setup_ms": statistics.median(setup) * 1e3, "raw_release_ms": statistics.median(teardown) * 1e3}
+
+
+def measure_associations(port: int, count: int):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=CLIENT_AET)
+    ae.add_requested_context(Verification)
+    whole, echo = [], []
+    for _attempt in range(count):
+        t0 = time.perf_counter()
+        assoc = ae.associate(LOOPBACK, port, ae_title=PACS_AET)
+        if not assoc.is_established:
+            raise RuntimeError("association refused: is the client AE registered?")
+        t1 = time.perf_counter()
+        status = assoc.send_c_echo()
+        t2 = time.perf_counter()
+        if not status or status.Status != 0:
+            raise RuntimeError("C-ECHO failed")
+        assoc.release()
+        t3 = time.perf_counter()
+        whole.append(t3 - t0)
+        echo.append(t2 - t1)
+    return {"pynetdicom_association_ms": statistics.median(whole) * 1e3, "echo_ms": statistics.median(echo) * 1e3}
+
+
+def run(args):
+    missing = [p for p in (ORTHANC, STORESCU) if not os.path.exists(p)]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}: install Debian's orthanc and dcmtk")
+    work = Path(tempfile.mkdtemp(prefix="orthanc-nodelay-"))
+    try:
+        data = work / "instances"
+        data.mkdir()
+        pixel_bytes = make_instances(data, args.instances, args.size_kb)
+        files = sorted(data.glob("*.dcm"))
+        results = {}
+        for label, nodelay in (("packaged", False), ("tcp_nodelay", True)):
+            with Orthanc(work / label, nodelay) as orthanc:
+                results[label] = {**measure_store(orthanc.dicom_port, files, pixel_bytes),
+                                  **measure_raw_associations(orthanc.dicom_port, args.associations),
+                                  **measure_associations(orthanc.dicom_port, args.associations)}
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--instances", type=int, default=200, help="instances per C-STORE run (default 200)")
+    parser.add_argument("--size-kb", type=int, default=512, help="pixel data per instance in KB (default 512)")
+    parser.add_argument("--associations", type=int, default=50, help="associations timed per run (default 50)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    res = run(args)
+    old, new = res["packaged"], res["tcp_nodelay"]
+    ratios = {
+        "store_throughput": new["mb_per_s"] / old["mb_per_s"],
+        "association_setup_speedup": old["raw_setup_ms"] / new["raw_setup_ms"],
+        "association_release_speedup": old["raw_release_ms"] / new["raw_release_ms"],
+        "pynetdicom_association_speedup": old["pynetdicom_association_ms"] / new["pynetdicom_association_ms"],
+        "echo_round_trip_speedup": old["echo_ms"] / new["echo_ms"],
+    }
+    if args.json:
+        print(json.dumps({"runs": res, "ratios": ratios, "instances": args.instances, "size_kb": args.size_kb,
+                          "associations": args.associations}, indent=2))
+        return
+    print(f"Orthanc {PACS_AET} on loopback, one run each; {args.instances} x {args.size_kb} KB C-STORE (storescu), "
+          f"{args.associations} associations (pynetdicom, medians)")
+    print(f"{'':36}{'as packaged':>10}{'TCP_NODELAY=1':>16}{'ratio':>10}")
+    print(f"{'C-STORE throughput (storescu), MB/s':36}{old['mb_per_s']:10.1f}{new['mb_per_s']:16.1f}"
+          f"{ratios['store_throughput']:9.1f}x")
+    rows = [
+        ("association setup (raw), ms", "raw_setup_ms", "association_setup_speedup"),
+        ("association release (raw), ms", "raw_release_ms", "association_release_speedup"),
+        ("whole association (pynetdicom), ms", "pynetdicom_association_ms", "pynetdicom_association_speedup"),
+        ("C-ECHO round trip (pynetdicom), ms", "echo_ms", "echo_round_trip_speedup"),
+    ]
+    for title, key, ratio in rows:
+        print(f"{title:36}{old[key]:10.2f}{new[key]:16.2f}{ratios[ratio]:9.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
