@@ -35,9 +35,9 @@ for h in $(docker ps --filter label=dicomsec.scenario="$scenario" --format '{{.N
 done
 echo
 echo "  verdict: the lab is $verdict"
-echo "  available: the nftables_whitelist role (molecule scenario nftables_whitelist)"
-echo "  and the dicom_association / dicom_audit verification modules."
-echo "  still to come: pacs_identity, nginx_stream_proxy, strongswan_tunnel and"
+echo "  available: the nftables_whitelist and pacs_identity roles (molecule scenarios of"
+echo "  the same names) and the dicom_association / dicom_audit verification modules."
+echo "  still to come: nginx_stream_proxy, strongswan_tunnel and"
 echo "  playbooks/site.yml + verify.yml, which will harden this lab and prove it"
 echo "  with real DICOM associations."
 echo
