@@ -84,11 +84,11 @@ def live_digest():
 
 
 def run_converge(extra_vars, *flags):
-    """Run the scenario's converge again with some variables changed."""
+    """Run the scenario's converge again on the server, with some variables changed."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ansible.cfg"))
     return subprocess.run(
         ["ansible-playbook", "-i", INVENTORY, os.path.join(SCENARIO, "converge.yml"),
-         "-e", json.dumps(extra_vars), *flags],
+         "--limit", "wl-server", "-e", json.dumps(extra_vars), *flags],
         capture_output=True, text=True, timeout=300, check=False, env=env,
     )
 
@@ -207,6 +207,37 @@ def test_a_change_the_controller_cannot_confirm_is_rolled_back():
     assert host("wl-server").run("systemctl is-active dicomsec-nftables-rollback.timer").stdout.strip() != "active"
 
 
+# Segmentation: the gateway's forward chain decides which remote sites reach
+# the DICOM LAN. wl-remote-ok is on its whitelist (and on the server's);
+# wl-remote-bad is on neither, so the gateway must stop it before the server
+# ever sees a packet.
+
+@pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
+def test_whitelisted_remote_site_reaches_the_pacs_through_the_gateway(addr):
+    assert probe("wl-remote-ok", "echo", addr, 104) == "accepted 0x0"
+
+
+@pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
+def test_other_remote_site_is_refused_at_the_gateway(addr):
+    gateway = host("wl-gateway")
+    before = gateway.check_output("nft list chain inet dicomsec refuse_dicom_segment")
+    assert probe("wl-remote-bad", "tcp", addr, 104) == "refused"
+    after = gateway.check_output("nft list chain inet dicomsec refuse_dicom_segment")
+    assert before != after  # the gateway's refuse counter moved: it, not the server, said no
+    assert "SRC=198.18.20.35" not in host("wl-server").file(LOG_FILE).content_string
+
+
+def test_gateway_logs_the_refused_remote_site():
+    probe("wl-remote-bad", "tcp", SERVER_V4, 11112)
+    log = host("wl-gateway").file(LOG_FILE)
+    deadline = time.time() + 5
+    while time.time() < deadline and "SRC=198.18.20.35" not in log.content_string:
+        time.sleep(0.2)
+    lines = [ln for ln in log.content_string.splitlines() if "SRC=198.18.20.35" in ln]
+    assert lines and "dicomsec-refused dicom_segment:" in lines[-1]
+
+
+# Last: the restart drops the lab routes that prepare added.
 def test_whitelist_survives_a_reboot():
     before = live_digest()
     subprocess.run(["docker", "restart", "wl-server"], check=True, capture_output=True, timeout=120)
