@@ -78,6 +78,15 @@ def probe(name, *args):
     return host(name).check_output(cmd).strip()
 
 
+def refused_log_lines(name, src):
+    """Lines of `name`'s refused-packet log about `src`, waiting briefly for ulogd2 to write them."""
+    log = host(name).file(LOG_FILE)
+    deadline = time.time() + 5
+    while time.time() < deadline and f"SRC={src} " not in log.content_string:
+        time.sleep(0.2)
+    return [ln for ln in log.content_string.splitlines() if f"SRC={src} " in ln]
+
+
 def live_digest():
     out = host("wl-server").check_output("nft --terse list table inet dicomsec")
     return next(line.split('"')[1] for line in out.splitlines() if "comment" in line)
@@ -109,19 +118,15 @@ def test_denied_host_is_rejected_with_a_reset(addr, port):
 
 def test_refused_attempt_is_logged_with_the_prefix():
     probe("wl-denied", "tcp", SERVER_V4, 104)
-    log = host("wl-server").file(LOG_FILE)
-    deadline = time.time() + 5
-    while time.time() < deadline and "SRC=198.18.10.32" not in log.content_string:
-        time.sleep(0.2)
-    lines = [ln for ln in log.content_string.splitlines() if "SRC=198.18.10.32" in ln]
-    assert lines, log.content_string[-2000:]
+    lines = refused_log_lines("wl-server", "198.18.10.32")
+    assert lines
     assert "dicomsec-refused dicom:" in lines[-1]
     assert "DPT=104 " in lines[-1] or "DPT=11112 " in lines[-1]
 
 
 def test_accepted_connections_are_not_logged():
     probe("wl-allowed", "tcp", SERVER_V4, 104)
-    assert "SRC=198.18.10.31" not in host("wl-server").file(LOG_FILE).content_string
+    assert "SRC=198.18.10.31 " not in host("wl-server").file(LOG_FILE).content_string
 
 
 @pytest.mark.parametrize("addr", [SERVER_MGMT_V4, SERVER_MGMT_V6])
@@ -224,17 +229,14 @@ def test_other_remote_site_is_refused_at_the_gateway(addr):
     assert probe("wl-remote-bad", "tcp", addr, 104) == "refused"
     after = gateway.check_output("nft list chain inet dicomsec refuse_dicom_segment")
     assert before != after  # the gateway's refuse counter moved: it, not the server, said no
-    assert "SRC=198.18.20.35" not in host("wl-server").file(LOG_FILE).content_string
+    assert "SRC=198.18.20.35 " not in host("wl-server").file(LOG_FILE).content_string
 
 
 def test_gateway_logs_the_refused_remote_site():
     probe("wl-remote-bad", "tcp", SERVER_V4, 11112)
-    log = host("wl-gateway").file(LOG_FILE)
-    deadline = time.time() + 5
-    while time.time() < deadline and "SRC=198.18.20.35" not in log.content_string:
-        time.sleep(0.2)
-    lines = [ln for ln in log.content_string.splitlines() if "SRC=198.18.20.35" in ln]
-    assert lines and "dicomsec-refused dicom_segment:" in lines[-1]
+    lines = refused_log_lines("wl-gateway", "198.18.20.35")
+    assert lines
+    assert "dicomsec-refused dicom_segment:" in lines[-1]
 
 
 # Last: the restart drops the lab routes that prepare added.
