@@ -3,10 +3,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """DICOM upper layer (PS3.8) and DIMSE (PS3.7) pieces used by the verification modules.
 
-Requests are encoded and answers decoded with pynetdicom's own PDU and DIMSE classes, so
-the wire format comes from the library.  This file adds what a verifier needs on top:
-input validation that runs before any traffic, names for reject and abort reasons, and
-bounded parsing of whatever a peer sends back.
+The few requests a verifier sends (an A-ASSOCIATE-RQ, a C-ECHO-RQ, one fixed C-FIND-RQ, the
+release and abort PDUs) are encoded here with struct, and the answers are read the same way.
+No DICOM library is imported at run time: importing pydicom (which imports numpy) and
+pynetdicom costs about 0.2 s per process, more than an audit of a hundred endpoints.  The
+unit tests hold every encoder byte for byte to pynetdicom's and every decoder to
+pynetdicom's and pydicom's, so the wire format still comes from the library's reading of
+the standard.  This file also adds what a verifier needs on top: input validation that runs
+before any traffic, names for reject and abort reasons, and bounded parsing of whatever a
+peer sends back.
 """
 
 from __future__ import annotations
@@ -14,42 +19,27 @@ from __future__ import annotations
 __metaclass__ = type
 
 import base64
+import importlib.util
 import struct
-from io import BytesIO
-
-try:
-    from pydicom.dataset import Dataset
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
-    from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ
-    from pynetdicom.dimse_primitives import C_ECHO, C_FIND
-    from pynetdicom.dsutils import decode as ds_decode, encode as ds_encode
-    from pynetdicom.pdu import (
-        A_ABORT_RQ,
-        A_ASSOCIATE_AC,
-        A_ASSOCIATE_RJ,
-        A_ASSOCIATE_RQ,
-        P_DATA_TF,
-    )
-    from pynetdicom.pdu_primitives import (
-        A_ASSOCIATE,
-        ImplementationClassUIDNotification,
-        ImplementationVersionNameNotification,
-        MaximumLengthNotification,
-        UserIdentityNegotiation,
-    )
-    from pynetdicom.presentation import build_context
-
-    HAS_PYNETDICOM = True
-    PYNETDICOM_IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - exercised on hosts without the library
-    HAS_PYNETDICOM = False
-    PYNETDICOM_IMPORT_ERROR = exc
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+# The probe's own Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID under the
+# 2.25 root (PS3.5 B.2): it needs no registered organisation root and names this encoder,
+# not a library the probe does not use.
+IMPLEMENTATION_CLASS_UID = "2.25.276796041901035782959697348919944834382"
 IMPLEMENTATION_VERSION = "DICOMSEC_PROBE"
+
+
+def has_pynetdicom():
+    """Whether pynetdicom is installed, found without importing it (the import is slow).
+
+    Nothing on the probe path needs it; ``dicom_association`` still lists it as a requirement.
+    """
+    return importlib.util.find_spec("pynetdicom") is not None
+
 
 # PDU types (PS3.8 Table 9-1)
 PDU_ASSOCIATE_RQ = 0x01
@@ -246,41 +236,57 @@ def contexts_for(dimse):
     return contexts
 
 
+def _ae_bytes(title):
+    # AE titles are 16 bytes of the default repertoire, padded with spaces (PS3.8 9.3.2).
+    return title.ljust(16).encode("ascii")
+
+
+def _item(item_type, body):
+    """One variable item or sub-item: type, reserved byte, 16-bit length, body (PS3.8 9.3.2)."""
+    return struct.pack(">BBH", item_type, 0, len(body)) + body
+
+
+def _uid_item(item_type, uid):
+    # UIDs in upper layer items carry no padding byte, unlike UIDs in data sets; this is
+    # also how pynetdicom encodes them (the unit tests compare the bytes).
+    return _item(item_type, uid.encode("ascii"))
+
+
 def build_associate_rq(called_ae, calling_ae, dimse="echo", identity=None, positive_response=False):
-    """Return the bytes of an A-ASSOCIATE-RQ.
+    """Return the bytes of an A-ASSOCIATE-RQ (PS3.8 9.3.2).
 
     Only Implicit VR Little Endian is proposed: every acceptor must support it (PS3.5 10.1),
     and it keeps the C-FIND identifier encoding independent of the negotiation.
     """
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = APPLICATION_CONTEXT
-    primitive.calling_ae_title = calling_ae
-    primitive.called_ae_title = called_ae
-    contexts = []
+    items = [_uid_item(0x10, APPLICATION_CONTEXT)]
     for context_id, abstract in contexts_for(dimse):
-        context = build_context(abstract, [IMPLICIT_VR_LE])
-        context.context_id = context_id
-        contexts.append(context)
-    primitive.presentation_context_definition_list = contexts
-
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = MAX_PDU_RECEIVED
-    class_uid = ImplementationClassUIDNotification()
-    class_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION
-    user_information = [max_length, class_uid, version]
+        items.append(_item(
+            0x20,
+            struct.pack(">BBBB", context_id, 0, 0, 0) + _uid_item(0x30, abstract) + _uid_item(0x40, IMPLICIT_VR_LE),
+        ))
+    user = [
+        _item(0x51, struct.pack(">I", MAX_PDU_RECEIVED)),
+        _uid_item(0x52, IMPLEMENTATION_CLASS_UID),
+        _item(0x55, IMPLEMENTATION_VERSION.encode("ascii")),
+    ]
     if identity and identity.get("type"):
         id_type, primary, secondary = identity_fields(identity)
-        negotiation = UserIdentityNegotiation()
-        negotiation.user_identity_type = id_type
-        negotiation.primary_field = primary
-        if id_type == 2:
-            negotiation.secondary_field = secondary
-        negotiation.positive_response_requested = bool(positive_response)
-        user_information.append(negotiation)
-    primitive.user_information = user_information
-    return A_ASSOCIATE_RQ(primitive).encode()
+        # PS3.7 D.3.3.7.1: the secondary-field length is there for every type; it is zero
+        # unless the type is username and passcode.
+        user.append(_item(
+            0x58,
+            struct.pack(">BBH", id_type, 1 if positive_response else 0, len(primary)) + primary
+            + struct.pack(">H", len(secondary)) + secondary,
+        ))
+    items.append(_item(0x50, b"".join(user)))
+    body = (
+        struct.pack(">HH", 1, 0)  # protocol version 1, reserved
+        + _ae_bytes(called_ae)
+        + _ae_bytes(calling_ae)
+        + bytes(32)
+        + b"".join(items)
+    )
+    return struct.pack(">BBI", PDU_ASSOCIATE_RQ, 0, len(body)) + body
 
 
 def abort_bytes(source=0, reason=0):
@@ -288,11 +294,34 @@ def abort_bytes(source=0, reason=0):
     return struct.pack(">BBIBBBB", PDU_ABORT, 0, 4, 0, 0, source, reason)
 
 
-def _pdata_bytes(primitives):
-    out = []
-    for primitive in primitives:
-        out.append(P_DATA_TF(primitive).encode())
-    return b"".join(out)
+def _element(group, element, value):
+    """One implicit VR little endian data element (PS3.5 7.1.3)."""
+    return struct.pack("<HHI", group, element, len(value)) + value
+
+
+def _us(value):
+    return struct.pack("<H", value)
+
+
+def _even(value, pad):
+    # Values have an even length (PS3.5 7.1.1): UIDs are padded with NUL, text with a space.
+    return value + pad if len(value) % 2 else value
+
+
+def _command_set(elements):
+    """Encode a command set, CommandGroupLength first (PS3.7 9.3, E.1)."""
+    body = b"".join(_element(0x0000, element, value) for element, value in elements)
+    return _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body
+
+
+def _pdata(context_id, control, data):
+    """One P-DATA-TF PDU with one presentation data value (PS3.8 9.3.5, E.2).
+
+    The requests here are a few dozen bytes, far below any negotiated maximum PDU length,
+    so each fits one fragment.
+    """
+    pdv = struct.pack(">IBB", len(data) + 2, context_id, control) + data
+    return struct.pack(">BBI", PDU_P_DATA_TF, 0, len(pdv)) + pdv
 
 
 _REQUEST_CACHE = {}
@@ -302,45 +331,38 @@ def echo_rq_bytes(message_id=1):
     """Return the P-DATA-TF PDUs of a C-ECHO-RQ on the verification context."""
     key = ("echo", message_id)
     if key not in _REQUEST_CACHE:
-        _REQUEST_CACHE[key] = _echo_rq_bytes(message_id)
+        command = _command_set([
+            (0x0002, _even(VERIFICATION_SOP_CLASS.encode("ascii"), b"\x00")),  # AffectedSOPClassUID
+            (0x0100, _us(0x0030)),  # CommandField: C-ECHO-RQ
+            (0x0110, _us(message_id)),  # MessageID
+            (0x0800, _us(0x0101)),  # CommandDataSetType: no data set
+        ])
+        _REQUEST_CACHE[key] = _pdata(CONTEXT_ECHO, 0x03, command)
     return _REQUEST_CACHE[key]
 
 
-def _echo_rq_bytes(message_id):
-    primitive = C_ECHO()
-    primitive.MessageID = message_id
-    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS
-    message = C_ECHO_RQ()
-    message.primitive_to_message(primitive)
-    return _pdata_bytes(message.encode_msg(CONTEXT_ECHO, MAX_PDU_RECEIVED))
-
-
-def find_identifier():
-    """Return the harmless STUDY-level query: a universal match that asks only for the
-    Study Instance UID, the one return key every study has and that names no patient."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = ""
-    return identifier
+def find_identifier_bytes():
+    """Return the harmless STUDY-level query, encoded: a universal match that asks only for
+    the Study Instance UID, the one return key every study has and that names no patient."""
+    return (
+        _element(0x0008, 0x0052, _even(b"STUDY", b" "))  # QueryRetrieveLevel
+        + _element(0x0020, 0x000D, b"")  # StudyInstanceUID, universal match
+    )
 
 
 def find_rq_bytes(message_id=1):
     """Return the P-DATA-TF PDUs of a STUDY-level C-FIND-RQ on the Study Root context."""
     key = ("find", message_id)
     if key not in _REQUEST_CACHE:
-        _REQUEST_CACHE[key] = _find_rq_bytes(message_id)
+        command = _command_set([
+            (0x0002, _even(STUDY_ROOT_FIND.encode("ascii"), b"\x00")),  # AffectedSOPClassUID
+            (0x0100, _us(0x0020)),  # CommandField: C-FIND-RQ
+            (0x0110, _us(message_id)),  # MessageID
+            (0x0700, _us(2)),  # Priority low: a verifier must not crowd out clinical traffic
+            (0x0800, _us(0x0001)),  # CommandDataSetType: a data set follows
+        ])
+        _REQUEST_CACHE[key] = _pdata(CONTEXT_FIND, 0x03, command) + _pdata(CONTEXT_FIND, 0x02, find_identifier_bytes())
     return _REQUEST_CACHE[key]
-
-
-def _find_rq_bytes(message_id):
-    primitive = C_FIND()
-    primitive.MessageID = message_id
-    primitive.AffectedSOPClassUID = STUDY_ROOT_FIND
-    primitive.Priority = 2  # low: a verifier must not crowd out clinical traffic
-    primitive.Identifier = BytesIO(ds_encode(find_identifier(), True, True))
-    message = C_FIND_RQ()
-    message.primitive_to_message(primitive)
-    return _pdata_bytes(message.encode_msg(CONTEXT_FIND, MAX_PDU_RECEIVED))
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,17 +401,13 @@ def describe_pdu_type(pdu_type):
 
 
 def decode_reject(pdu):
-    """Return the reject dict from a whole A-ASSOCIATE-RJ PDU."""
-    rj = A_ASSOCIATE_RJ()
-    rj.decode(pdu)
-    return reject_names(rj.result, rj.source, rj.reason_diagnostic)
+    """Return the reject dict from a whole A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+    return reject_names(pdu[7], pdu[8], pdu[9])
 
 
 def decode_abort(pdu):
-    """Return the abort dict from a whole A-ABORT PDU."""
-    ab = A_ABORT_RQ()
-    ab.decode(pdu)
-    return abort_names(ab.source, ab.reason_diagnostic)
+    """Return the abort dict from a whole A-ABORT PDU (PS3.8 9.3.8)."""
+    return abort_names(pdu[8], pdu[9])
 
 
 def parse_accept(pdu):
@@ -452,12 +470,15 @@ def parse_accept(pdu):
 
 
 def decode_accept(pdu):
-    """Decode an A-ASSOCIATE-AC with pynetdicom's PDU classes.
+    """Decode an A-ASSOCIATE-AC with pynetdicom's PDU classes (the reference for
+    :func:`parse_accept`; imports pynetdicom, so it is not used on the probe's path).
 
     Returns a dict with ``contexts`` (context id -> result, 0 is acceptance),
     ``max_pdu`` (the peer's maximum PDU length, 0 is unlimited) and ``identity_response``.
     Raises ProtocolError on a malformed PDU.
     """
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+
     ac = A_ASSOCIATE_AC()
     try:
         ac.decode(pdu)
@@ -501,16 +522,42 @@ def split_pdvs(body):
         offset += 4 + item_length
 
 
+# The command elements a verifier reads (PS3.7 Table E.1-1), all of VR US.
+_COMMAND_FIELD = 0x0100
+_COMMAND_DATA_SET_TYPE = 0x0800
+_STATUS = 0x0900
+_COMMAND_WANTED = (_COMMAND_FIELD, _COMMAND_DATA_SET_TYPE, _STATUS)
+
+
 def decode_command(command_bytes):
-    """Return (status, command field, has data set) from an encoded DIMSE command set."""
-    try:
-        command = ds_decode(BytesIO(command_bytes), True, True)
-        status = int(command.Status) if "Status" in command else None
-        field = int(command.CommandField) if "CommandField" in command else None
-        has_data = int(command.CommandDataSetType) != 0x0101 if "CommandDataSetType" in command else False
-    except Exception as exc:
-        raise ProtocolError("malformed DIMSE command set: %s" % exc)
-    return status, field, has_data
+    """Return (status, command field, has data set) from an encoded DIMSE command set.
+
+    Command sets are always implicit VR little endian (PS3.7 6.3.1); elements are walked
+    with every length checked against the buffer, other elements are skipped unread.
+    """
+    values = {}
+    offset = 0
+    end = len(command_bytes)
+    while offset < end:
+        if end - offset < 8:
+            # A stray tail shorter than an element header is ignored, as pydicom does.
+            break
+        group, element, length = struct.unpack_from("<HHI", command_bytes, offset)
+        offset += 8
+        if length > end - offset:
+            raise ProtocolError(
+                "malformed DIMSE command set: element (%04x,%04x) of %d bytes overruns the command"
+                % (group, element, length)
+            )
+        if group == 0x0000 and element in _COMMAND_WANTED:
+            if length != 2:
+                raise ProtocolError(
+                    "malformed DIMSE command set: (0000,%04x) has %d bytes, US has 2" % (element, length)
+                )
+            values[element] = struct.unpack_from("<H", command_bytes, offset)[0]
+        offset += length
+    data_set_type = values.get(_COMMAND_DATA_SET_TYPE)
+    return values.get(_STATUS), values.get(_COMMAND_FIELD), data_set_type is not None and data_set_type != 0x0101
 
 
 def status_category(status):

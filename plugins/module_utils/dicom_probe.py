@@ -21,6 +21,7 @@ from __future__ import annotations
 __metaclass__ = type
 
 import asyncio
+import errno
 import ipaddress
 import os
 import socket
@@ -41,6 +42,7 @@ TLS_VERSIONS = {
 # Stop counting C-FIND matches here and cancel: the count is evidence of exposure, and a
 # verifier must not pull a whole archive's index.
 MAX_FIND_MATCHES = 1000
+RECV_SIZE = 65536
 
 
 class _Closed(Exception):
@@ -150,7 +152,9 @@ class _RawConnection(_PduReader):
 
     def _on_readable(self):
         try:
-            data = self.sock.recv(262144)
+            # 64 KiB: a larger buffer is allocated with mmap and freed again on every call,
+            # which costs more than an association's whole answer on loopback.
+            data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -207,12 +211,18 @@ class _RawConnection(_PduReader):
         self.sock = None
 
 
+_FAMILIES = {}
+
+
 def _numeric_family(host):
     """Return the address family of a numeric IP address, or None for a host name."""
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
+    if host not in _FAMILIES:
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        except ValueError:
+            family = None
+        _FAMILIES[host] = family
+    return _FAMILIES[host]
 
 
 def tls_options_error(tls):
@@ -412,12 +422,16 @@ class Probe:
             detail = self.result["detail"]
             self.result["detail"] = "%s; %s" % (detail, note) if detail else note
 
-    async def _connect(self):
+    async def _connect(self, first):
+        """Connect; on a plain TCP connection also send ``first`` (the request) at once.
+
+        Returns the connection, or None when the outcome is already decided.
+        """
         req = self.req
         self.phase = "connect"
         try:
             if not self.tls_used and _numeric_family(req["host"]) is not None:
-                return await self._connect_raw()
+                return await self._connect_raw(first)
             return await self._connect_transport()
         except ssl.SSLError as exc:
             return self._finish("tls_failed", "TLS handshake failed: %s" % _ssl_reason(exc))
@@ -430,20 +444,34 @@ class Probe:
         except OSError as exc:
             return self._finish("refused", "connection failed: %s" % (exc.strerror or exc))
 
-    async def _connect_raw(self):
+    async def _connect_raw(self, first):
         req = self.req
         loop = asyncio.get_running_loop()
         sock = socket.socket(_numeric_family(req["host"]), socket.SOCK_STREAM)
+        sent = None
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if req.get("bind_address"):
                 sock.bind((req["bind_address"], 0))
-            await loop.sock_connect(sock, (req["host"], req["port"]))
+            err = sock.connect_ex((req["host"], req["port"]))
+            if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+                raise OSError(err, os.strerror(err))  # OSError picks the subclass, e.g. refused
+            # Send the request straight away: when the handshake is already complete (on
+            # loopback it completes inside connect) this saves waiting for writability; while
+            # it is still in progress the send fails with EAGAIN and nothing is queued.
+            try:
+                sent = sock.send(first)
+            except (BlockingIOError, InterruptedError):
+                await _wait_connected(loop, sock)
         except BaseException:
             sock.close()
             raise
         self.proto = _RawConnection(loop, sock)
+        if sent is None:
+            self.proto.write(first)
+        elif sent < len(first):
+            self.proto.write(first[sent:])
         return self.proto
 
     async def _connect_transport(self):
@@ -502,11 +530,6 @@ class Probe:
 
     async def _run(self):
         req = self.req
-        proto = await self._connect()
-        if proto is None:
-            self._latency()
-            return
-        self.phase = "association"
         associate_rq = req.get("associate_rq") or pdu.build_associate_rq(
             req["called_ae"],
             req["calling_ae"],
@@ -514,7 +537,13 @@ class Probe:
             req.get("identity"),
             positive_response=(req.get("identity") or {}).get("positive_response_requested", False),
         )
-        proto.write(associate_rq)
+        proto = await self._connect(associate_rq)
+        if proto is None:
+            self._latency()
+            return
+        self.phase = "association"
+        if isinstance(proto, _PduProtocol):
+            proto.write(associate_rq)  # a raw connection has sent it while connecting
         try:
             header = await proto.read_exactly(6)
             pdu_type, length = pdu.parse_header(header)
@@ -634,6 +663,20 @@ class Probe:
                     return
         except (_Closed, pdu.ProtocolError):
             return
+
+
+async def _wait_connected(loop, sock):
+    """Wait for a non-blocking connect to finish; raise its error, as sock_connect does."""
+    done = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
 
 
 class _AbortedByPeer(Exception):

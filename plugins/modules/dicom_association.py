@@ -304,8 +304,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    if not dicom_pdu.HAS_PYNETDICOM:
-        module.fail_json(msg=missing_required_lib("pynetdicom"), exception=str(dicom_pdu.PYNETDICOM_IMPORT_ERROR))
+    if not dicom_pdu.has_pynetdicom():
+        module.fail_json(msg=missing_required_lib("pynetdicom"))
 
     params = module.params
     req = dict(
