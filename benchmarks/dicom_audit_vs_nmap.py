@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import re
 import shutil
 import socket
@@ -45,26 +44,14 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from collections_path import collections_path  # noqa: E402  (the tests' helper, one copy)
 LOOPBACK = "127.0.0.1"
 WHITELIST = {"CT01", "MR02"}
-
-
-def collections_path():
-    for parent in REPO.parents:
-        if parent.name == "ansible_collections":
-            return str(parent.parent)
-    linked = REPO / ".collections"
-    if (linked / "ansible_collections" / "dicomsec" / "hardening").exists():
-        return str(linked)
-    tmp = Path(tempfile.mkdtemp(prefix="dicomsec-collections-"))
-    (tmp / "ansible_collections" / "dicomsec").mkdir(parents=True)
-    os.symlink(REPO, tmp / "ansible_collections" / "dicomsec" / "hardening")
-    return str(tmp)
 
 
 # ---------------------------------------------------------------------------------------

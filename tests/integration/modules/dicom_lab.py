@@ -18,34 +18,20 @@ import ssl
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
 from pathlib import Path
 
 import pytest
+from collections_path import collections_path
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _collections_path():
-    """Make ``ansible_collections.dicomsec.hardening`` importable from the checkout."""
-    for parent in REPO.parents:
-        if parent.name == "ansible_collections":
-            return str(parent.parent)
-    linked = REPO / ".collections"
-    if (linked / "ansible_collections" / "dicomsec" / "hardening").exists():
-        return str(linked)
-    tmp = Path(tempfile.mkdtemp(prefix="dicomsec-collections-"))
-    (tmp / "ansible_collections" / "dicomsec").mkdir(parents=True)
-    os.symlink(REPO, tmp / "ansible_collections" / "dicomsec" / "hardening")
-    return str(tmp)
-
-
-COLLECTIONS_PATH = _collections_path()
-if COLLECTIONS_PATH not in sys.path:
-    sys.path.insert(0, COLLECTIONS_PATH)
+# The collection's path, for the ansible processes the tests start (tests/conftest.py
+# has already made it importable here).
+COLLECTIONS_PATH = collections_path()
 
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402

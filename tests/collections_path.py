@@ -1,17 +1,23 @@
-# -*- coding: utf-8 -*-
-"""Make ``ansible_collections.dicomsec.hardening`` importable from a plain checkout."""
+"""Where ``ansible_collections.dicomsec.hardening`` can be imported from, for a plain checkout.
+
+Tests, and benchmarks that drive the modules, need the checkout importable as
+the collection: inside an ``ansible_collections/dicomsec/hardening`` tree that
+is the tree itself; after ``make setup`` it is the ``.collections`` link; else
+a temporary link is made.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[4]
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _collections_path():
+@functools.lru_cache(maxsize=None)
+def collections_path():
     for parent in REPO.parents:
         if parent.name == "ansible_collections":
             return str(parent.parent)
@@ -22,7 +28,3 @@ def _collections_path():
     (tmp / "ansible_collections" / "dicomsec").mkdir(parents=True)
     os.symlink(REPO, tmp / "ansible_collections" / "dicomsec" / "hardening")
     return str(tmp)
-
-
-if _collections_path() not in sys.path:
-    sys.path.insert(0, _collections_path())
