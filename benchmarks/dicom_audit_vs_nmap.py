@@ -7,7 +7,8 @@ whitelist), then measures, side by side against the same endpoints:
 1. nmap 7.x ``--script +dicom-ping`` over all endpoints (whole process wall time);
 2. dicom_audit's whole matrix (every check) over the same endpoints, in a fresh Python
    process (whole process wall time, and the scan alone);
-3. verdict agreement: nmap's "Any AET is accepted" against the audit's ``any_ae`` finding;
+3. verdict agreement: nmap's "Any AET is accepted" against the audit's ``any_ae`` finding,
+   and every finding of the audit against what the endpoint's kind must give;
 4. per-association latency of the engine (sequential, dimse none) against a bare TCP
    connect to the same port.
 
@@ -280,11 +281,24 @@ from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_au
 config = json.loads(sys.argv[2])
 reports, summary = dicom_audit.audit(config)
 verdicts = {}
+matrix = {}
 for r in reports:
     f = {x["id"]: x for x in r["findings"]}
     verdicts[r["port"]] = "open" if not f["any_ae"]["passed"] else "restricted"
-print(json.dumps({"summary": summary, "verdicts": verdicts, "process_s": time.perf_counter() - start}))
+    matrix[r["port"]] = {x["id"]: x["passed"] for x in r["findings"]}
+print(json.dumps({"summary": summary, "verdicts": verdicts, "matrix": matrix, "process_s": time.perf_counter() - start}))
 """
+
+# What every check must say about each kind of endpoint (both responders behave alike):
+# neither checks the called AE, user identity or passcodes, nor sends an identity response,
+# and both answer C-FIND with success to whoever is associated.  Only the calling-AE
+# whitelist differs, so only any_ae and cfind_exposure tell the two kinds apart.
+EXPECTED_MATRIX = {
+    "open": dict(any_ae=False, called_ae_guess=False, no_identity=False, wrong_passcode=False,
+                 identity_ignored=False, cfind_exposure=False, authorized=True),
+    "restricted": dict(any_ae=True, called_ae_guess=False, no_identity=False, wrong_passcode=False,
+                       identity_ignored=False, cfind_exposure=True, authorized=True),
+}
 
 
 def run_audit(ports, concurrency, timeout):
@@ -348,6 +362,13 @@ def one_round(ports, truth, args, nmap_first):
     audit_verdicts = {int(k): v for k, v in audit["verdicts"].items()}
     print("dicom_audit any_ae verdicts right: %d/%d" % (
         sum(audit_verdicts.get(p) == v for p, v in truth.items()), len(truth)))
+    matrix = {int(k): v for k, v in audit["matrix"].items()}
+    right = sum(
+        matrix.get(p, {}).get(check) is passed
+        for p, kind in truth.items() for check, passed in EXPECTED_MATRIX[kind].items()
+    )
+    print("dicom_audit verdicts right, every check: %d/%d" % (
+        right, sum(len(EXPECTED_MATRIX[kind]) for kind in truth.values())))
     if nmap is None:
         print("nmap: not installed, comparison skipped")
         return audit_wall, checks_per_endpoint, None

@@ -19,7 +19,7 @@ from __future__ import annotations
 __metaclass__ = type
 
 import asyncio
-import random
+import os
 import string
 import time
 
@@ -58,9 +58,16 @@ WELL_KNOWN_CALLED_AES = [
 INCONCLUSIVE = ("refused", "timeout")
 
 
-def random_ae(rng, prefix="X"):
-    """A title no real configuration uses (upper-case letters and digits, 16 characters)."""
-    return prefix + "".join(rng.choice(string.ascii_uppercase + string.digits) for dummy in range(15))
+_AE_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def random_ae(prefix="X"):
+    """A title no real configuration uses (upper-case letters and digits, 16 characters).
+
+    Drawn from os.urandom: the random module's import is a millisecond of every run's
+    start-up, and an unpredictable title needs nothing it offers.
+    """
+    return prefix + "".join(_AE_ALPHABET[byte % len(_AE_ALPHABET)] for byte in bytearray(os.urandom(15)))
 
 
 def endpoint_error(index, endpoint):
@@ -128,12 +135,11 @@ class _Context:
         self.credentials_given = bool(self.identity or self.has_client_cert or config.get("calling_ae"))
         self.checks = list(config.get("checks") or CHECK_IDS)
         self.semaphore = asyncio.Semaphore(int(config.get("concurrency") or 32))
-        rng = random.Random()
         # One set of random titles per run: still unknown to every server, and every
         # endpoint's request is then the same bytes, encoded once.
-        self.random_called = random_ae(rng, "Q")
-        self.random_calling = random_ae(rng, "R")
-        self.random_finder = random_ae(rng, "F")
+        self.random_called = random_ae("Q")
+        self.random_calling = random_ae("R")
+        self.random_finder = random_ae("F")
         self._rq_cache = {}
         self._ssl = {}
 
@@ -207,7 +213,15 @@ def _wrong_identity(identity):
 
 
 async def audit_endpoint(ctx, endpoint):
-    """Run the selected checks against one endpoint; return its report dict."""
+    """Run the selected checks against one endpoint; return its report dict.
+
+    Associations go out in rounds (all endpoints' rounds share the loop).  A finding is
+    read from an association made for another check only where that association proves
+    it: an acceptance is a fact about what the endpoint lets in, so a fail may be inferred
+    from any association whose request carries no more than the check's own request would
+    (here: no identity).  A pass is never inferred; a rejection is read only by the check
+    whose request it was.  docs/verification.md sets out each inference.
+    """
     name = endpoint.get("name") or "%s:%s" % (endpoint["host"], endpoint["port"])
     called = endpoint.get("called_ae") or "ANY-SCP"
     tls_endpoint = bool(endpoint.get("tls"))
@@ -244,18 +258,44 @@ async def audit_endpoint(ctx, endpoint):
     findings = {}
     if "any_ae" in checks:
         findings["any_ae"] = _finding("any_ae", first["outcome"] != "accepted", _evidence(first))
+    if first["outcome"] == "accepted":
+        # The first association is the weakest request of the matrix: unknown titles on
+        # both sides and no user identity.  Its acceptance is itself the fact two more
+        # checks look for, so they need no association of their own.
+        if "called_ae_guess" in checks:
+            findings["called_ae_guess"] = _finding(
+                "called_ae_guess", False,
+                "the random called AE %s was accepted even from a random calling AE (%s), so the called AE "
+                "is not checked and every guess would be too" % (first["called_ae"], _evidence(first)),
+            )
+        if "no_identity" in checks:
+            findings["no_identity"] = _finding(
+                "no_identity", False,
+                "accepted without user identity, even from unknown AE titles (%s)" % _evidence(first),
+            )
 
     jobs = []  # (check id, request)
     identity = ctx.identity
     authorized_identity = dict(identity) if identity else None
+    guess_pending = "called_ae_guess" in checks and "called_ae_guess" not in findings
+    no_identity_pending = "no_identity" in checks and "no_identity" not in findings
+    # The random-called-AE shortcut (accepted: the called AE is not checked, no guessing
+    # needed) is first sent without identity when no_identity is still open: accepted, it
+    # answers both checks at once, since it is the authorized calling AE without identity.
+    # Rejected, it proves nothing, and the next round asks the two questions separately.
 
-    if "called_ae_guess" in checks:
-        # A random called AE with the authorized calling AE first: if even that is
-        # accepted the called AE is not checked at all and guessing proves nothing more.
-        jobs.append(("called_ae_random", ctx.request(endpoint, ctx.random_called, ctx.calling_ae, authorized_identity)))
+    def random_with_identity():
+        return ctx.request(endpoint, ctx.random_called, ctx.calling_ae, authorized_identity)
 
-    if "no_identity" in checks:
-        jobs.append(("no_identity", ctx.request(endpoint, called, ctx.calling_ae)))
+    def no_identity_request():
+        return ctx.request(endpoint, called, ctx.calling_ae)
+
+    if guess_pending and no_identity_pending:
+        jobs.append(("called_ae_random_no_identity", ctx.request(endpoint, ctx.random_called, ctx.calling_ae)))
+    elif guess_pending:
+        jobs.append(("called_ae_random", random_with_identity()))
+    elif no_identity_pending:
+        jobs.append(("no_identity", no_identity_request()))
 
     if "wrong_passcode" in checks:
         if identity and identity["type"] != "username":
@@ -263,9 +303,23 @@ async def audit_endpoint(ctx, endpoint):
         else:
             skip("wrong_passcode", "no passcode or token given in identity")
 
+    authorized_request = None
+    if "authorized" in checks and ctx.credentials_given:
+        authorized_request = ctx.request(endpoint, called, ctx.calling_ae, authorized_identity, dimse="echo")
+
     if "identity_ignored" in checks:
         probe_identity = authorized_identity or {"type": "username", "username": ctx.calling_ae.strip().lower()}
-        jobs.append(("identity_ignored", ctx.request(endpoint, called, ctx.calling_ae, probe_identity, positive=True)))
+        if authorized_request is not None and authorized_identity:
+            # The identity_ignored request is the authorized one with the positive-response
+            # flag set (dimse none and echo propose the same context), so its association
+            # also asks the C-ECHO.  Read from the A-ASSOCIATE-AC, identity_ignored is
+            # judged exactly as before; authorized passes from it only when accepted with
+            # C-ECHO success, otherwise the plain authorized request is sent after all.
+            jobs.append(("identity_and_authorized", ctx.request(
+                endpoint, called, ctx.calling_ae, probe_identity, positive=True, dimse="echo")))
+            authorized_request = None
+        else:
+            jobs.append(("identity_ignored", ctx.request(endpoint, called, ctx.calling_ae, probe_identity, positive=True)))
 
     for check_id, transport in (("plaintext_accepted", "plain"), ("tls_no_client_cert", "nocert"), ("tls_legacy", "legacy")):
         if check_id not in checks:
@@ -283,22 +337,46 @@ async def audit_endpoint(ctx, endpoint):
         else:
             jobs.append(("cfind_exposure", ctx.request(endpoint, called, ctx.random_finder, dimse="find")))
 
-    if "authorized" in checks:
-        if ctx.credentials_given:
-            jobs.append(("authorized", ctx.request(endpoint, called, ctx.calling_ae, authorized_identity, dimse="echo")))
-        else:
-            skip("authorized", "no credentials given (calling_ae, identity or tls.cert_file)")
+    if "authorized" in checks and not ctx.credentials_given:
+        skip("authorized", "no credentials given (calling_ae, identity or tls.cert_file)")
+    elif authorized_request is not None:
+        jobs.append(("authorized", authorized_request))
 
     by_check = await _run_jobs(ctx, jobs, report)
+
+    # Second round: what the first one left open.
+    jobs = []
+    if "identity_and_authorized" in by_check:
+        combined = by_check.pop("identity_and_authorized")
+        by_check["identity_ignored"] = combined
+        if combined[0]["outcome"] == "accepted" and combined[0].get("dimse_status") == 0:
+            by_check["authorized"] = combined
+        else:
+            # Never fail the authorized check on a request it would not have sent.
+            jobs.append(("authorized", ctx.request(endpoint, called, ctx.calling_ae, authorized_identity, dimse="echo")))
+    if "called_ae_random_no_identity" in by_check:
+        random_result = by_check.pop("called_ae_random_no_identity")[0]
+        if random_result["outcome"] == "accepted":
+            findings["called_ae_guess"] = _random_called_accepted(random_result)
+            findings["no_identity"] = _finding(
+                "no_identity", False,
+                "accepted without user identity on the random called AE %s (%s)"
+                % (random_result["called_ae"], _evidence(random_result)),
+            )
+        else:
+            jobs.append(("no_identity", no_identity_request()))
+            if authorized_identity:
+                jobs.append(("called_ae_random", random_with_identity()))
+            else:
+                # Without identity the request just rejected is the shortcut itself.
+                by_check["called_ae_random"] = [random_result]
+    if jobs:
+        by_check.update(await _run_jobs(ctx, jobs, report))
 
     if "called_ae_random" in by_check:
         random_result = by_check.pop("called_ae_random")[0]
         if random_result["outcome"] == "accepted":
-            findings["called_ae_guess"] = _finding(
-                "called_ae_guess", False,
-                "the random called AE %s was accepted, so the called AE is not checked and every guess "
-                "would be too" % random_result["called_ae"],
-            )
+            findings["called_ae_guess"] = _random_called_accepted(random_result)
         else:
             guesses = [(
                 "called_ae_guess", ctx.request(endpoint, guess, ctx.calling_ae, authorized_identity)
@@ -309,6 +387,14 @@ async def audit_endpoint(ctx, endpoint):
         findings[check_id] = judge(check_id, results, ctx)
     report["findings"] = [findings[c] for c in checks if c in findings]
     return report
+
+
+def _random_called_accepted(result):
+    return _finding(
+        "called_ae_guess", False,
+        "the random called AE %s was accepted, so the called AE is not checked and every guess "
+        "would be too" % result["called_ae"],
+    )
 
 
 async def _run_jobs(ctx, jobs, report):

@@ -19,7 +19,6 @@ from __future__ import annotations
 __metaclass__ = type
 
 import base64
-import importlib.util
 import struct
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -38,6 +37,9 @@ def has_pynetdicom():
 
     Nothing on the probe path needs it; ``dicom_association`` still lists it as a requirement.
     """
+    # Imported here: only dicom_association asks, and the audit's start-up need not pay.
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
     return importlib.util.find_spec("pynetdicom") is not None
 
 

@@ -22,6 +22,13 @@ description:
   - The first association to an endpoint also tests that it answers. An endpoint that
     refuses the connection or stays silent gets one failed V(reachable) finding and no
     other traffic, so a dead endpoint costs at most O(timeout).
+  - A check whose answer an association made for another check already proves takes no
+    association of its own. An accepted V(any_ae) association (unknown titles, no identity)
+    also fails V(called_ae_guess) and V(no_identity); when V(no_identity) is
+    selected, the random called AE of V(called_ae_guess) is first tried without identity, so
+    its acceptance also fails V(no_identity); V(identity_ignored) and V(authorized) share one association when
+    O(identity) is given. A pass is never inferred; it always comes from the check's own
+    request.
   - The task fails when a check at or above O(fail_on) fails; it never changes anything.
 author:
   - dicomsec.hardening contributors (@dicomsec)
@@ -99,6 +106,9 @@ options:
       - V(tls_legacy) (medium) a TLS 1.0/1.1 handshake succeeds.
       - V(cfind_exposure) (high) a random calling AE without identity gets C-FIND answers; only the number of studies is kept.
         When the V(any_ae) association is accepted it asks the query itself.
+      - V(no_identity) and V(called_ae_guess) also fail, without an association of their own, when the
+        V(any_ae) association is accepted; when both are selected the first association of V(called_ae_guess) carries no
+        identity and, accepted, fails V(no_identity) too.
       - V(authorized) (high) the authorized association (O(calling_ae), O(identity), O(tls)) is not accepted or its C-ECHO fails; needs credentials.
     type: list
     elements: str

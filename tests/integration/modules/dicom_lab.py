@@ -221,6 +221,16 @@ def _called_aliases(event):
         event.assoc.kill()
 
 
+def _refuse_positive_response(event):
+    # A server that turns away any request for a positive identity response (no real
+    # product known to us; it proves the audit never fails the authorized check on a
+    # request the authorized client would not send).
+    user_identity = event.assoc.requestor.user_identity
+    if user_identity is not None and user_identity.positive_response_requested:
+        event.assoc.acse.send_reject(0x01, 0x01, 0x01)
+        event.assoc.kill()
+
+
 class ScpPolicy:
     OPEN = "open"
     CALLING_WHITELIST = "calling_whitelist"
@@ -228,6 +238,7 @@ class ScpPolicy:
     STRICT_AE = "strict_ae"  # calling whitelist and called AE check together
     CALLED_ALIASES = "called_aliases"  # called AE checked, but the default PACS also accepted
     IDENTITY = "identity"
+    NO_POSITIVE_RESPONSE = "no_positive_response"  # open, but refuses positive-response requests
     TLS = "tls"
     TLS_LEGACY = "tls_legacy"
 
@@ -252,6 +263,8 @@ def start_scp(policy, host=LOOPBACK, ae_title="ANY-SCP", port=0):
         handlers.append((evt.EVT_REQUESTED, _called_aliases))
     elif policy == ScpPolicy.IDENTITY:
         handlers += [(evt.EVT_USER_ID, _user_id_handler), (evt.EVT_REQUESTED, _require_identity)]
+    elif policy == ScpPolicy.NO_POSITIVE_RESPONSE:
+        handlers.append((evt.EVT_REQUESTED, _refuse_positive_response))
     elif policy in (ScpPolicy.TLS, ScpPolicy.TLS_LEGACY):
         raise ValueError("use start_tls_scp")
     server = ae.start_server((host, port), block=False, evt_handlers=handlers, **kwargs)

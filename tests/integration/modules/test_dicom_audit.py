@@ -304,3 +304,105 @@ def test_hostile_endpoints_neither_hang_nor_crash_the_audit(hostile):
     # The hostile AC is an accepted association: any AE gets in, whatever follows.
     assert by_name["ac_then_garbage"]["any_ae"]["passed"] is False
     assert summary["endpoints"] == len(modes)
+
+
+# ---------------------------------------------------------------------------------------
+# Findings read from an association made for another check: each inference fails exactly
+# when the check's own association would, and a pass always comes from the check's own
+# request.
+# ---------------------------------------------------------------------------------------
+
+FULL_PLAIN = ["any_ae", "called_ae_guess", "no_identity", "wrong_passcode", "identity_ignored", "cfind_exposure", "authorized"]
+
+
+def test_accepted_random_ae_association_also_fails_no_identity_and_called_ae_guess(matrix):
+    # open accepts the first association (random titles, no identity): it proves both.
+    no_identity = matrix[0]["open"]["no_identity"]
+    guess = matrix[0]["open"]["called_ae_guess"]
+    assert no_identity["passed"] is False and guess["passed"] is False
+    assert "without user identity" in no_identity["evidence"]
+    assert "random calling AE" in guess["evidence"]
+    # first, wrong passcode, identity_ignored with authorized: nothing else was sent.
+    open_report = next(r for r in matrix[1] if r["name"] == "open")
+    assert open_report["associations"] == 3
+
+
+def test_rejected_random_ae_association_infers_nothing(matrix):
+    # identity refuses the first association (no identity): no_identity must come from its
+    # own association on the configured called AE and pass there.
+    finding = matrix[0]["identity"]["no_identity"]
+    assert finding["passed"] is True
+    assert "called ANY-SCP, calling CT01" in finding["evidence"]
+
+
+def test_random_called_ae_without_identity_accepted_fails_both_checks(matrix):
+    # whitelist rejects the random calling AE but lets CT01 in on a random called AE
+    # without identity: called_ae_guess and no_identity both fail from that association.
+    no_identity = matrix[0]["whitelist"]["no_identity"]
+    assert no_identity["passed"] is False
+    assert "random called AE" in no_identity["evidence"]
+    assert matrix[0]["whitelist"]["called_ae_guess"]["passed"] is False
+    whitelist_report = next(r for r in matrix[1] if r["name"] == "whitelist")
+    # first, random called AE without identity, wrong passcode, identity_ignored with
+    # authorized, C-FIND with the real called AE.
+    assert whitelist_report["associations"] == 5
+
+
+def test_random_called_ae_rejected_still_fails_no_identity_on_the_real_called_ae(lab):
+    # strict checks the called AE but needs no identity: the random called AE is rejected,
+    # which proves nothing about identity, so no_identity is asked on PACS01 and fails.
+    findings, reports, _s = run_audit(lab, ["strict"], calling_ae="CT01", identity=PASSCODE_IDENTITY, checks=FULL_PLAIN)
+    assert findings["strict"]["no_identity"]["passed"] is False
+    assert "called PACS01, calling CT01: accepted" in findings["strict"]["no_identity"]["evidence"]
+    assert findings["strict"]["called_ae_guess"]["passed"] is True
+
+
+def test_random_called_ae_rejected_without_identity_is_retried_with_identity(lab):
+    # identity ignores the called AE but needs identity: the random called AE without
+    # identity is rejected, with the authorized identity it is accepted, so the check fails.
+    findings, _r, _s = run_audit(lab, ["identity"], calling_ae="CT01", identity=PASSCODE_IDENTITY, checks=FULL_PLAIN)
+    guess = findings["identity"]["called_ae_guess"]
+    assert guess["passed"] is False
+    assert "random called AE" in guess["evidence"]
+    assert findings["identity"]["no_identity"]["passed"] is True
+
+
+def test_identity_ignored_and_authorized_share_one_association(lab):
+    findings, reports, _s = run_audit(
+        lab, ["identity"], calling_ae="CT01", identity=dict(type="jwt", token=JWT_OK), checks=["identity_ignored", "authorized"]
+    )
+    assert findings["identity"]["identity_ignored"]["passed"] is True
+    assert findings["identity"]["authorized"]["passed"] is True
+    assert "C-ECHO status 0x0000" in findings["identity"]["authorized"]["evidence"]
+    assert reports[0]["associations"] == 2  # the first association and the shared one
+
+
+def test_shared_association_fails_identity_ignored_and_passes_authorized(lab):
+    findings, reports, _s = run_audit(
+        lab, ["open"], calling_ae="CT01", identity=PASSCODE_IDENTITY, checks=["identity_ignored", "authorized"]
+    )
+    assert findings["open"]["identity_ignored"]["passed"] is False
+    assert findings["open"]["authorized"]["passed"] is True
+    assert reports[0]["associations"] == 2
+
+
+def test_authorized_is_asked_again_without_positive_response_when_the_shared_one_is_refused(lab, scp_factory):
+    lab = dict(lab, picky=dict(host=LOOPBACK, port=scp_factory(ScpPolicy.NO_POSITIVE_RESPONSE), called_ae="ANY-SCP"))
+    findings, reports, _s = run_audit(
+        lab, ["picky"], calling_ae="CT01", identity=PASSCODE_IDENTITY, checks=["identity_ignored", "authorized"]
+    )
+    # Refused with the flag: identity_ignored holds; the authorized client's own request
+    # (no flag) is then sent and accepted.
+    assert findings["picky"]["identity_ignored"]["passed"] is True
+    assert findings["picky"]["authorized"]["passed"] is True
+    assert reports[0]["associations"] == 3
+
+
+def test_authorized_still_fails_when_the_shared_association_and_its_retry_are_rejected(lab):
+    findings, reports, _s = run_audit(
+        lab, ["whitelist"], calling_ae="NOTLISTED", identity=PASSCODE_IDENTITY, checks=["identity_ignored", "authorized"]
+    )
+    assert findings["whitelist"]["identity_ignored"]["passed"] is True
+    assert findings["whitelist"]["authorized"]["passed"] is False
+    assert "calling-ae-not-recognized" in findings["whitelist"]["authorized"]["evidence"]
+    assert reports[0]["associations"] == 3

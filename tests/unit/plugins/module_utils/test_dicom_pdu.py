@@ -253,3 +253,12 @@ def test_bind_address_must_be_numeric():
 
 def test_loopback_bind_address_is_accepted():
     assert dp.bind_address_error("127.0.0.1") is None
+
+
+def test_identity_ignored_request_is_the_same_with_or_without_echo():
+    # dicom_audit reads identity_ignored from an association that also asks the C-ECHO:
+    # sound only because dimse none and echo propose the very same request.
+    identity = dict(type="username_passcode", username="ct01", passcode="secret")
+    assert pdu.build_associate_rq("ANY-SCP", "CT01", "none", identity, True) == pdu.build_associate_rq(
+        "ANY-SCP", "CT01", "echo", identity, True
+    )
