@@ -51,6 +51,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from collections_path import collections_path  # noqa: E402  (the tests' helper, one copy)
+from dicom_pdus import accept_pdu  # noqa: E402
+
+RESPONDER_IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1234.99"
 LOOPBACK = "127.0.0.1"
 WHITELIST = {"CT01", "MR02"}
 
@@ -58,42 +61,6 @@ WHITELIST = {"CT01", "MR02"}
 # ---------------------------------------------------------------------------------------
 # The loopback endpoints
 # ---------------------------------------------------------------------------------------
-
-
-def _accept_bytes(called, calling, context_ids):
-    from pynetdicom.pdu import A_ASSOCIATE_AC
-    from pynetdicom.pdu_items import (
-        ApplicationContextItem,
-        ImplementationClassUIDSubItem,
-        MaximumLengthSubItem,
-        PresentationContextItemAC,
-        TransferSyntaxSubItem,
-        UserInformationItem,
-    )
-
-    ac = A_ASSOCIATE_AC()
-    ac._called_aet = called
-    ac._calling_aet = calling
-    app = ApplicationContextItem()
-    app.application_context_name = "1.2.840.10008.3.1.1.1"
-    items = [app]
-    for context_id in context_ids:
-        ctx = PresentationContextItemAC()
-        ctx.presentation_context_id = context_id
-        ctx.result_reason = 0
-        ts = TransferSyntaxSubItem()
-        ts.transfer_syntax_name = "1.2.840.10008.1.2"
-        ctx.transfer_syntax_sub_item = [ts]
-        items.append(ctx)
-    user = UserInformationItem()
-    max_len = MaximumLengthSubItem()
-    max_len.maximum_length_received = 16384
-    impl = ImplementationClassUIDSubItem()
-    impl.implementation_class_uid = "1.2.826.0.1.3680043.10.1234.99"
-    user.user_data = [max_len, impl]
-    items.append(user)
-    ac.variable_items = items
-    return ac.encode()
 
 
 def _response_bytes(command_field, context_id, message_id):
@@ -158,7 +125,8 @@ class Responder(asyncio.Protocol):
                 offset += 4 + item_length
             key = (called, calling, tuple(ids))
             if key not in self.accept_cache:
-                self.accept_cache[key] = _accept_bytes(called, calling, ids)
+                self.accept_cache[key] = accept_pdu(
+                    called, calling, [(i, 0) for i in ids], implementation_uid=RESPONDER_IMPLEMENTATION_UID)
             self.transport.write(self.accept_cache[key])
         elif kind == 0x04:
             context_id, control = pdu[10], pdu[11]

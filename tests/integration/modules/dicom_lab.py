@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from collections_path import collections_path
+from dicom_pdus import accept_pdu
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -401,7 +402,7 @@ class HostileServer:
                 writer.write(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")
                 await writer.drain()
             elif mode == "ac_then_garbage":
-                writer.write(_accept_pdu())
+                writer.write(accept_pdu())
                 await writer.drain()
                 await reader.read(65536)
                 writer.write(b"\xde\xad\xbe\xef" * 4)
@@ -427,35 +428,6 @@ class HostileServer:
         asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
-
-
-def _accept_pdu():
-    from pynetdicom.pdu import A_ASSOCIATE_AC
-    from pynetdicom.pdu_items import (
-        ApplicationContextItem,
-        MaximumLengthSubItem,
-        PresentationContextItemAC,
-        TransferSyntaxSubItem,
-        UserInformationItem,
-    )
-
-    ac = A_ASSOCIATE_AC()
-    ac._called_aet = "ANY-SCP"
-    ac._calling_aet = "DICOMSEC-PROBE"
-    app = ApplicationContextItem()
-    app.application_context_name = "1.2.840.10008.3.1.1.1"
-    ctx = PresentationContextItemAC()
-    ctx.presentation_context_id = 1
-    ctx.result_reason = 0
-    ts = TransferSyntaxSubItem()
-    ts.transfer_syntax_name = "1.2.840.10008.1.2"
-    ctx.transfer_syntax_sub_item = [ts]
-    user = UserInformationItem()
-    max_len = MaximumLengthSubItem()
-    max_len.maximum_length_received = 16384
-    user.user_data = [max_len]
-    ac.variable_items = [app, ctx, user]
-    return ac.encode()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from dicom_pdus import accept_pdu
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_audit as da
@@ -181,41 +182,7 @@ def test_audit_validation_refuses_unknown_checks():
 
 
 def _accept(identity_response=None, contexts=((1, 0), (3, 3)), max_length=16384):
-    from pynetdicom.pdu import A_ASSOCIATE_AC
-    from pynetdicom.pdu_items import (
-        ApplicationContextItem,
-        MaximumLengthSubItem,
-        PresentationContextItemAC,
-        TransferSyntaxSubItem,
-        UserIdentitySubItemAC,
-        UserInformationItem,
-    )
-
-    ac = A_ASSOCIATE_AC()
-    ac._called_aet = "PACS"
-    ac._calling_aet = "CT01"
-    app = ApplicationContextItem()
-    app.application_context_name = "1.2.840.10008.3.1.1.1"
-    items = [app]
-    for context_id, result in contexts:
-        ctx = PresentationContextItemAC()
-        ctx.presentation_context_id = context_id
-        ctx.result_reason = result
-        ts = TransferSyntaxSubItem()
-        ts.transfer_syntax_name = "1.2.840.10008.1.2"
-        ctx.transfer_syntax_sub_item = [ts]
-        items.append(ctx)
-    user = UserInformationItem()
-    max_len = MaximumLengthSubItem()
-    max_len.maximum_length_received = max_length
-    user.user_data = [max_len]
-    if identity_response is not None:
-        uid = UserIdentitySubItemAC()
-        uid.server_response = identity_response
-        user.user_data.append(uid)
-    items.append(user)
-    ac.variable_items = items
-    return ac.encode()
+    return accept_pdu("PACS", "CT01", contexts, max_length, identity_response)
 
 
 @pytest.mark.parametrize("identity_response", [None, b"", b"session-token"])

@@ -1,0 +1,59 @@
+"""A-ASSOCIATE-AC PDUs encoded by pynetdicom, for the test servers and the benchmark's responder.
+
+The collection reads accepts with its own parser; building them with pynetdicom keeps
+that parser checked against an independent encoder.
+"""
+
+from __future__ import annotations
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+
+def accept_pdu(called="ANY-SCP", calling="DICOMSEC-PROBE", contexts=((1, 0),), max_length=16384,
+               identity_response=None, implementation_uid=None):
+    """Encode an A-ASSOCIATE-AC.
+
+    contexts: (presentation context id, result) pairs, each on Implicit VR Little Endian.
+    identity_response: the server response of a user identity sub-item, or None for none.
+    """
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+    from pynetdicom.pdu_items import (
+        ApplicationContextItem,
+        ImplementationClassUIDSubItem,
+        MaximumLengthSubItem,
+        PresentationContextItemAC,
+        TransferSyntaxSubItem,
+        UserIdentitySubItemAC,
+        UserInformationItem,
+    )
+
+    ac = A_ASSOCIATE_AC()
+    ac._called_aet = called
+    ac._calling_aet = calling
+    app = ApplicationContextItem()
+    app.application_context_name = DICOM_APPLICATION_CONTEXT
+    items = [app]
+    for context_id, result in contexts:
+        ctx = PresentationContextItemAC()
+        ctx.presentation_context_id = context_id
+        ctx.result_reason = result
+        ts = TransferSyntaxSubItem()
+        ts.transfer_syntax_name = IMPLICIT_VR_LITTLE_ENDIAN
+        ctx.transfer_syntax_sub_item = [ts]
+        items.append(ctx)
+    user = UserInformationItem()
+    max_len = MaximumLengthSubItem()
+    max_len.maximum_length_received = max_length
+    user.user_data = [max_len]
+    if implementation_uid is not None:
+        impl = ImplementationClassUIDSubItem()
+        impl.implementation_class_uid = implementation_uid
+        user.user_data.append(impl)
+    if identity_response is not None:
+        uid = UserIdentitySubItemAC()
+        uid.server_response = identity_response
+        user.user_data.append(uid)
+    items.append(user)
+    ac.variable_items = items
+    return ac.encode()
