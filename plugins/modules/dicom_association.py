@@ -28,17 +28,15 @@ author:
 requirements:
   - pynetdicom >= 3.0 on the managed host
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - dicomsec.hardening.dicom
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The probe only reads (C-ECHO or a count-only C-FIND), so it also runs in check mode and reports the real outcome.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: posix
 options:

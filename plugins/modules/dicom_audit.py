@@ -36,17 +36,15 @@ requirements:
   - Nothing beyond Python's standard library on the managed host; the few DICOM requests
     are encoded by the collection itself.
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - dicomsec.hardening.dicom
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The checks only open associations (and a count-only C-FIND), so they also run in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: posix
 options:
