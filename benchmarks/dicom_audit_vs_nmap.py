@@ -302,16 +302,12 @@ def latency(ports, samples):
             tcp.append((time.perf_counter() - start) * 1000)
             sock.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")
 
-    async def sequential():
-        out = []
-        for dummy in range(samples):
-            result = await dicom_probe.probe_async(
-                dict(host=LOOPBACK, port=port, called_ae="ANY-SCP", calling_ae="CT01", timeout=5, dimse="none")
-            )
-            out.append((result["latency_ms"], result["elapsed_ms"]))
-        return out
-
-    assoc = asyncio.run(sequential())
+    assoc = []
+    for dummy in range(samples):
+        result = dicom_probe.probe(
+            dict(host=LOOPBACK, port=port, called_ae="ANY-SCP", calling_ae="CT01", timeout=5, dimse="none")
+        )
+        assoc.append((result["latency_ms"], result["elapsed_ms"]))
     return statistics.median(tcp), statistics.median(a for a, dummy in assoc), statistics.median(e for dummy, e in assoc)
 
 

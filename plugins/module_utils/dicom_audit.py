@@ -9,7 +9,7 @@ the audit's client certificate, so they test the AE policy and not TLS; identity
 the authorized AE titles, so they test identity and not AE policy; TLS checks use the
 authorized AE titles and identity, so they test TLS alone.
 
-All associations of all endpoints share one event loop and one concurrency limit.  The
+All associations of all endpoints share one scheduler (dicom_loop) and one concurrency limit.  The
 first association to an endpoint (the random-AE probe) also tells whether it is reachable;
 if it is refused or times out, no other check is sent, so a dead endpoint costs one timeout.
 """
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 __metaclass__ = type
 
-import asyncio
 import os
-import string
 import time
 
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_loop as loop
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu as pdu
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe as dp
 
@@ -58,7 +57,8 @@ WELL_KNOWN_CALLED_AES = [
 INCONCLUSIVE = ("refused", "timeout")
 
 
-_AE_ALPHABET = string.ascii_uppercase + string.digits
+# Spelled out: the string module imports re, a few milliseconds of every start-up.
+_AE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def random_ae(prefix="X"):
@@ -134,7 +134,7 @@ class _Context:
         self.has_client_cert = bool(self.tls.get("cert_file"))
         self.credentials_given = bool(self.identity or self.has_client_cert or config.get("calling_ae"))
         self.checks = list(config.get("checks") or CHECK_IDS)
-        self.semaphore = asyncio.Semaphore(int(config.get("concurrency") or 32))
+        self.concurrency = int(config.get("concurrency") or 32)
         # One set of random titles per run: still unknown to every server, and every
         # endpoint's request is then the same bytes, encoded once.
         self.random_called = random_ae("Q")
@@ -176,9 +176,10 @@ class _Context:
             req["ssl_context"] = context
         return req
 
-    async def run(self, req):
-        async with self.semaphore:
-            return await dp.Probe(req).run()
+    def run(self, req):
+        """Run one probe from an endpoint's task; return its result."""
+        results = yield loop.gather([dp.Probe(req).job()])
+        return results[0]
 
 
 def _identity_key(identity):
@@ -212,7 +213,7 @@ def _wrong_identity(identity):
     return wrong
 
 
-async def audit_endpoint(ctx, endpoint):
+def audit_endpoint(ctx, endpoint):
     """Run the selected checks against one endpoint; return its report dict.
 
     Associations go out in rounds (all endpoints' rounds share the loop).  A finding is
@@ -245,7 +246,7 @@ async def audit_endpoint(ctx, endpoint):
     #    is to be checked it also asks the query: a random caller without identity is
     #    exactly the caller that check is about, so an accepted association answers both.
     first_dimse = "find" if "cfind_exposure" in checks else "none"
-    first = await ctx.run(ctx.request(endpoint, ctx.random_called, ctx.random_calling, dimse=first_dimse))
+    first = yield from ctx.run(ctx.request(endpoint, ctx.random_called, ctx.random_calling, dimse=first_dimse))
     report["associations"] += 1
     if first["outcome"] in INCONCLUSIVE:
         report["findings"].append(
@@ -342,7 +343,7 @@ async def audit_endpoint(ctx, endpoint):
     elif authorized_request is not None:
         jobs.append(("authorized", authorized_request))
 
-    by_check = await _run_jobs(ctx, jobs, report)
+    by_check = yield from _run_jobs(ctx, jobs, report)
 
     # Second round: what the first one left open.
     jobs = []
@@ -371,7 +372,7 @@ async def audit_endpoint(ctx, endpoint):
                 # Without identity the request just rejected is the shortcut itself.
                 by_check["called_ae_random"] = [random_result]
     if jobs:
-        by_check.update(await _run_jobs(ctx, jobs, report))
+        by_check.update((yield from _run_jobs(ctx, jobs, report)))
 
     if "called_ae_random" in by_check:
         random_result = by_check.pop("called_ae_random")[0]
@@ -381,7 +382,7 @@ async def audit_endpoint(ctx, endpoint):
             guesses = [(
                 "called_ae_guess", ctx.request(endpoint, guess, ctx.calling_ae, authorized_identity)
             ) for guess in WELL_KNOWN_CALLED_AES if guess != called.strip()]
-            by_check.update(await _run_jobs(ctx, guesses, report))
+            by_check.update((yield from _run_jobs(ctx, guesses, report)))
 
     for check_id, results in by_check.items():
         findings[check_id] = judge(check_id, results, ctx)
@@ -397,8 +398,8 @@ def _random_called_accepted(result):
     )
 
 
-async def _run_jobs(ctx, jobs, report):
-    results = await asyncio.gather(*(ctx.run(req) for dummy, req in jobs))
+def _run_jobs(ctx, jobs, report):
+    results = yield loop.gather([dp.Probe(req).job() for dummy, req in jobs])
     report["associations"] += len(jobs)
     by_check = {}
     for (check_id, dummy), result in zip(jobs, results):
@@ -452,17 +453,13 @@ def judge(check_id, results, ctx):
     return _finding(check_id, outcome != "accepted", _evidence(result))
 
 
-async def audit_async(config):
+def audit(config):
+    """Run an audit; return (endpoint reports, summary)."""
     ctx = _Context(config)
     start = time.perf_counter()
-    reports = await asyncio.gather(*(audit_endpoint(ctx, e) for e in config["endpoints"]))
+    reports = loop.run([audit_endpoint(ctx, e) for e in config["endpoints"]], ctx.concurrency)
     elapsed = time.perf_counter() - start
     return reports, summarize(reports, elapsed, config.get("fail_on", "high"))
-
-
-def audit(config):
-    """Run an audit synchronously; return (endpoint reports, summary)."""
-    return asyncio.run(audit_async(config))
 
 
 def summarize(reports, elapsed, fail_on="high"):

@@ -11,83 +11,103 @@ C-ECHO or a count-only C-FIND, and then releases.
 Why not pynetdicom's Association: under heavy concurrency it has been seen to report an
 A-ASSOCIATE-RJ as an abort, because its state machine can see the peer's close before it
 has parsed the reject.  Here the answer is read into a buffer that a close cannot discard,
-and the outcome is decided from the PDU type byte.  The engine is asyncio-based, so
-hundreds of probes share one thread, and every probe has a hard deadline, so a silent,
-trickling or giant-talking peer costs at most the timeout.
+and the outcome is decided from the PDU type byte.  Probes are generator tasks on the
+scheduler in dicom_loop, so hundreds of them share one thread, and every probe has a hard
+deadline, so a silent, trickling or giant-talking peer costs at most the timeout.
+
+The ssl module is imported only when a probe or a check uses TLS: a plain audit does not
+pay its start-up cost.
 """
 
 from __future__ import annotations
 
 __metaclass__ = type
 
-import asyncio
 import errno
-import ipaddress
 import os
 import socket
-import ssl
+import threading
 import time
 import warnings
 
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_loop as loop
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu as pdu
 
 OUTCOMES = ("accepted", "rejected", "aborted", "refused", "timeout", "tls_failed")
 DIMSE_CHOICES = ("echo", "find", "none")
-TLS_VERSIONS = {
-    "TLSv1": ssl.TLSVersion.TLSv1,
-    "TLSv1.1": ssl.TLSVersion.TLSv1_1,
-    "TLSv1.2": ssl.TLSVersion.TLSv1_2,
-    "TLSv1.3": ssl.TLSVersion.TLSv1_3,
-}
+# Lowest first; compared by position, so the ssl module is not needed to validate them.
+TLS_VERSION_NAMES = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 # Stop counting C-FIND matches here and cancel: the count is evidence of exposure, and a
 # verifier must not pull a whole archive's index.
 MAX_FIND_MATCHES = 1000
+# 64 KiB: a larger buffer is allocated with mmap and freed again on every call, which
+# costs more than an association's whole answer on loopback.
 RECV_SIZE = 65536
 
 
+def _ssl():
+    import ssl  # pylint: disable=import-outside-toplevel
+
+    return ssl
+
+
 class _Closed(Exception):
-    """The peer closed or reset the connection; ``error`` is the transport's exception."""
+    """The peer closed or reset the connection; ``error`` is the socket's exception."""
 
     def __init__(self, error=None):
         Exception.__init__(self, str(error) if error else "connection closed by peer")
         self.error = error
 
 
-class _PduReader:
-    """Buffers everything received and remembers a close separately.
+class _Connection:
+    """A non-blocking socket with a receive buffer that a close or reset cannot discard.
 
-    asyncio's StreamReader raises a pending connection error before returning data that is
-    already buffered; a server that sends an A-ASSOCIATE-RJ and resets at once would then
-    look like an abort.  Readers here always hand out buffered bytes first.
+    Bytes already received are always handed out before a close is reported: a server
+    that sends an A-ASSOCIATE-RJ and resets at once must not look like an abort.  Reads
+    and sends are generators that suspend on the scheduler only when the socket would block.
     """
 
-    def __init__(self):
+    def __init__(self, sock):
+        self.sock = sock
         self.buffer = bytearray()
         self.closed = False
         self.error = None
-        self._waiter = None
 
-    def _wake(self):
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _recv(self):
+        """Receive once into the buffer; suspend while nothing is there.
 
-    async def read_exactly(self, count):
+        Waits before the first recv: more bytes are needed only after a request went out,
+        and its answer is almost never there yet, so trying first would cost a failed
+        syscall per answer.  A plain socket keeps no bytes in user space, so the readiness
+        report cannot miss any (a TLS socket can, and tries first).
+        """
+        while True:
+            yield loop.wait_io(self.sock, loop.READ)
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                self.closed, self.error = True, exc
+                return
+            if not data:
+                self.closed = True
+                return
+            self.buffer += data
+            return
+
+    def read_exactly(self, count):
         while len(self.buffer) < count:
             if self.closed:
                 raise _Closed(self.error)
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            yield from self._recv()
         data = bytes(self.buffer[:count])
         del self.buffer[:count]
         return data
 
-    async def read_pdu(self, max_length):
+    def read_pdu(self, max_length):
         """Read one PDU; raise ProtocolError before reading a body longer than max_length."""
-        header = await self.read_exactly(6)
+        header = yield from self.read_exactly(6)
         pdu_type, length = pdu.parse_header(header)
         if pdu_type not in pdu.PDU_NAMES:
             raise pdu.ProtocolError("peer sent %s" % pdu.describe_pdu_type(pdu_type))
@@ -96,119 +116,129 @@ class _PduReader:
                 "%s declares %d bytes, more than the %d accepted; not read"
                 % (pdu.PDU_NAMES[pdu_type], length, max_length)
             )
-        body = await self.read_exactly(length)
+        body = yield from self.read_exactly(length)
         return pdu_type, header + body
 
+    def send(self, data):
+        """Send all of ``data``; a failure is left for the next read to report."""
+        data = memoryview(data)
+        while data and not self.closed:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                yield loop.wait_io(self.sock, loop.WRITE)
+                continue
+            except OSError:
+                return
+            data = data[sent:]
 
-class _PduProtocol(asyncio.Protocol, _PduReader):
-    """asyncio transport based connection: used for TLS and for host names."""
-
-    def __init__(self):
-        _PduReader.__init__(self)
-        self.transport = None
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.buffer += data
-        self._wake()
-
-    def eof_received(self):
-        self.closed = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc):
-        self.closed = True
-        self.error = exc
-        self._wake()
-
-    def write(self, data):
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def abort(self):
-        if self.transport is not None:
-            self.transport.abort()
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
-class _RawConnection(_PduReader):
-    """A plain TCP connection driven by reader/writer callbacks on a non-blocking socket.
+class _TlsConnection(_Connection):
+    """The same over a non-blocking SSLSocket, whose would-block signals are SSL errors."""
 
-    An audit opens thousands of short associations; asyncio's transports cost about twice
-    the CPU of this per connection, and the association PDUs are small enough that a send
-    almost never blocks (the rare partial send is queued and finished by a writer callback).
-    """
+    def __init__(self, sock):
+        _Connection.__init__(self, sock)
+        ssl = _ssl()
+        self._want_read = ssl.SSLWantReadError
+        self._want_write = ssl.SSLWantWriteError
 
-    def __init__(self, loop, sock):
-        _PduReader.__init__(self)
-        self.loop = loop
-        self.sock = sock
-        self.fd = sock.fileno()
-        self._pending = b""
-        self._writer = False
-        loop.add_reader(self.fd, self._on_readable)
+    def handshake(self):
+        while True:
+            try:
+                self.sock.do_handshake()
+                return
+            except self._want_read:
+                yield loop.wait_io(self.sock, loop.READ)
+            except self._want_write:
+                yield loop.wait_io(self.sock, loop.WRITE)
 
-    def _on_readable(self):
-        try:
-            # 64 KiB: a larger buffer is allocated with mmap and freed again on every call,
-            # which costs more than an association's whole answer on loopback.
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+    def _recv(self):
+        while True:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (self._want_read, BlockingIOError, InterruptedError):
+                yield loop.wait_io(self.sock, loop.READ)
+                continue
+            except self._want_write:
+                yield loop.wait_io(self.sock, loop.WRITE)
+                continue
+            except OSError as exc:
+                self.closed, self.error = True, exc
+                return
+            if not data:
+                # A close_notify, or a TCP close without one (suppress_ragged_eofs).
+                self.closed = True
+                return
+            self.buffer += data
             return
+
+    def send(self, data):
+        data = bytes(data)  # OpenSSL wants the same buffer again after a would-block
+        while data and not self.closed:
+            try:
+                sent = self.sock.send(data)
+            except (self._want_write, BlockingIOError, InterruptedError):
+                yield loop.wait_io(self.sock, loop.WRITE)
+                continue
+            except self._want_read:
+                yield loop.wait_io(self.sock, loop.READ)
+                continue
+            except OSError:
+                return
+            data = data[sent:]
+
+
+class _Resolution:
+    """A host name lookup on a daemon thread, so a dead resolver cannot outlast a timeout."""
+
+    def __init__(self, host, port):
+        self.addresses = None
+        self.error = None
+        self.done = threading.Event()
+        thread = threading.Thread(target=self._lookup, args=(host, port))
+        thread.daemon = True
+        thread.start()
+
+    def _lookup(self, host, port):
+        try:
+            self.addresses = [
+                (family, address)
+                for family, dummy_type, dummy_proto, dummy_name, address in socket.getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+            ]
         except OSError as exc:
-            self._lost(exc)
-            return
-        if not data:
-            self._lost(None)
-            return
-        self.buffer += data
-        self._wake()
+            self.error = exc
+        self.done.set()
 
-    def _lost(self, exc):
-        self.closed = True
-        self.error = exc
-        self.loop.remove_reader(self.fd)
-        self._wake()
+    def wait(self):
+        delay = 0.001
+        while not self.done.is_set():
+            yield loop.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        if self.error is not None:
+            raise self.error
+        return self.addresses
 
-    def write(self, data):
-        if self.closed or self.sock is None:
-            return
-        if self._pending:
-            self._pending += data
-            return
-        try:
-            sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            return  # the reader sees the reset and reports it
-        if sent < len(data):
-            self._pending = data[sent:]
-            self._writer = True
-            self.loop.add_writer(self.fd, self._on_writable)
 
-    def _on_writable(self):
-        try:
-            sent = self.sock.send(self._pending)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            sent = len(self._pending)
-        self._pending = self._pending[sent:]
-        if not self._pending:
-            self._writer = False
-            self.loop.remove_writer(self.fd)
+_RESOLUTIONS = {}
 
-    def abort(self):
-        if self.sock is None:
-            return
-        self.loop.remove_reader(self.fd)
-        if self._writer:
-            self.loop.remove_writer(self.fd)
-        self.sock.close()
-        self.sock = None
+
+def _resolve(host, port):
+    """Addresses for host (numeric ones without a lookup), as (family, sockaddr) pairs."""
+    family = _numeric_family(host)
+    if family is not None:
+        return [(family, (host, port))]
+    key = (host, port)
+    if key not in _RESOLUTIONS or _RESOLUTIONS[key].error is not None:
+        _RESOLUTIONS[key] = _Resolution(host, port)
+    addresses = yield from _RESOLUTIONS[key].wait()
+    return addresses
 
 
 _FAMILIES = {}
@@ -217,10 +247,14 @@ _FAMILIES = {}
 def _numeric_family(host):
     """Return the address family of a numeric IP address, or None for a host name."""
     if host not in _FAMILIES:
-        try:
-            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        except ValueError:
-            family = None
+        family = None
+        for candidate in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(candidate, host)
+            except (OSError, ValueError):
+                continue
+            family = candidate
+            break
         _FAMILIES[host] = family
     return _FAMILIES[host]
 
@@ -238,14 +272,14 @@ def tls_options_error(tls):
     if tls.get("key_file") and not tls.get("cert_file"):
         return "tls.key_file needs tls.cert_file"
     for key in ("min_version", "max_version"):
-        if tls.get(key) and tls[key] not in TLS_VERSIONS:
-            return "tls.%s must be one of %s" % (key, ", ".join(TLS_VERSIONS))
+        if tls.get(key) and tls[key] not in TLS_VERSION_NAMES:
+            return "tls.%s must be one of %s" % (key, ", ".join(TLS_VERSION_NAMES))
     if tls.get("min_version") and tls.get("max_version"):
-        if TLS_VERSIONS[tls["min_version"]] > TLS_VERSIONS[tls["max_version"]]:
+        if TLS_VERSION_NAMES.index(tls["min_version"]) > TLS_VERSION_NAMES.index(tls["max_version"]):
             return "tls.min_version is above tls.max_version"
     try:
         make_ssl_context(tls)
-    except (ssl.SSLError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         return "TLS settings are unusable: %s" % exc
     return None
 
@@ -258,19 +292,26 @@ def make_ssl_context(tls):
         return _make_ssl_context(tls)
 
 
+def _tls_version(name):
+    """ssl.TLSVersion member for "TLSv1.2" and the like (TLSv1_2)."""
+    return getattr(_ssl().TLSVersion, name.replace(".", "_"))
+
+
 def _make_ssl_context(tls):
+    ssl = _ssl()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     min_version = tls.get("min_version") or "TLSv1.2"
     max_version = tls.get("max_version")
-    if TLS_VERSIONS[min_version] < ssl.TLSVersion.TLSv1_2 or (
-        max_version and TLS_VERSIONS[max_version] < ssl.TLSVersion.TLSv1_2
+    modern = TLS_VERSION_NAMES.index("TLSv1.2")
+    if TLS_VERSION_NAMES.index(min_version) < modern or (
+        max_version and TLS_VERSION_NAMES.index(max_version) < modern
     ):
         # OpenSSL 3 refuses TLS 1.0/1.1 at its default security level; a probe that offers
         # them on purpose (to prove a server refuses them) has to lower it.
         context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    context.minimum_version = TLS_VERSIONS[min_version]
+    context.minimum_version = _tls_version(min_version)
     if max_version:
-        context.maximum_version = TLS_VERSIONS[max_version]
+        context.maximum_version = _tls_version(max_version)
     if tls.get("verify_peer", True):
         context.verify_mode = ssl.CERT_REQUIRED
         context.check_hostname = bool(tls.get("check_hostname", True))
@@ -381,23 +422,23 @@ class Probe:
     def __init__(self, req):
         self.req = req
         self.result = _new_result(req)
-        self.proto = None
+        self.conn = None
         self.phase = "connect"
         self.tls_used = bool(req.get("tls") and req["tls"].get("enabled"))
         self.ended = False  # an A-ABORT was sent or received: nothing left to release
+        self._start = None
 
-    async def run(self):
+    def job(self):
+        """This probe as a scheduler job with its own deadline."""
+        return loop.Job(self.run(), self.req.get("timeout", 10))
+
+    def run(self):
+        """The probe as a generator task; returns the result dict."""
         start = time.perf_counter()
         self._start = start
         try:
-            timeout = self.req.get("timeout", 10)
-            if hasattr(asyncio, "timeout"):
-                # Python 3.11+: cancels the probe in place; wait_for adds a task per probe.
-                async with asyncio.timeout(timeout):
-                    await self._run()
-            else:  # pragma: no cover - older controllers and managed hosts
-                await asyncio.wait_for(self._run(), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+            yield from self._run()
+        except loop.DeadlineExceeded:
             self._on_timeout()
         except Exception as exc:  # never let one hostile peer take the whole run down
             if self.result["outcome"] is None:
@@ -406,8 +447,8 @@ class Probe:
             elif not self.result["detail"]:
                 self.result["detail"] = "error after the association answer: %s" % exc
         finally:
-            if self.proto is not None:
-                self.proto.abort()
+            if self.conn is not None:
+                self.conn.close()
         self.result["elapsed_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
         return self.result
 
@@ -422,78 +463,104 @@ class Probe:
             detail = self.result["detail"]
             self.result["detail"] = "%s; %s" % (detail, note) if detail else note
 
-    async def _connect(self, first):
-        """Connect; on a plain TCP connection also send ``first`` (the request) at once.
+    def _connect(self, first):
+        """Connect and send ``first`` (the request).
 
         Returns the connection, or None when the outcome is already decided.
         """
-        req = self.req
         self.phase = "connect"
         try:
-            if not self.tls_used and _numeric_family(req["host"]) is not None:
-                return await self._connect_raw(first)
-            return await self._connect_transport()
-        except ssl.SSLError as exc:
+            addresses = yield from _resolve(self.req["host"], self.req["port"])
+            sock = yield from self._connect_tcp(addresses, None if self.tls_used else first)
+            if not self.tls_used:
+                self.conn = _Connection(sock)
+                return self.conn
+            self.phase = "TLS handshake"
+            yield from self._start_tls(sock)
+            yield from self.conn.send(first)
+            return self.conn
+        except OSError as exc:
+            return self._connect_failed(exc)
+
+    def _connect_failed(self, exc):
+        ssl = _ssl() if self.tls_used else None
+        if ssl is not None and isinstance(exc, ssl.SSLError):
             return self._finish("tls_failed", "TLS handshake failed: %s" % _ssl_reason(exc))
-        except ConnectionRefusedError:
+        if isinstance(exc, ConnectionRefusedError):
             return self._finish("refused", "connection refused")
-        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
             if self.tls_used:
                 return self._finish("tls_failed", "connection closed during the TLS handshake (%s)" % exc)
             return self._finish("aborted", "connection reset while connecting (%s)" % exc)
-        except OSError as exc:
-            return self._finish("refused", "connection failed: %s" % (exc.strerror or exc))
+        if isinstance(exc, socket.gaierror):
+            return self._finish("refused", "host name lookup failed: %s" % (exc.strerror or exc))
+        return self._finish("refused", "connection failed: %s" % (exc.strerror or exc))
 
-    async def _connect_raw(self, first):
-        req = self.req
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(_numeric_family(req["host"]), socket.SOCK_STREAM)
-        sent = None
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if req.get("bind_address"):
-                sock.bind((req["bind_address"], 0))
-            err = sock.connect_ex((req["host"], req["port"]))
-            if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-                raise OSError(err, os.strerror(err))  # OSError picks the subclass, e.g. refused
-            # Send the request straight away: when the handshake is already complete (on
-            # loopback it completes inside connect) this saves waiting for writability; while
-            # it is still in progress the send fails with EAGAIN and nothing is queued.
+    def _connect_tcp(self, addresses, first):
+        """Connect to the first address that answers; on plain TCP send ``first`` at once.
+
+        When the handshake is already complete (on loopback it completes inside connect)
+        the request goes out with the connect and saves waiting for writability; while it
+        is still in progress the send fails with EAGAIN and nothing is queued.
+        """
+        bind = self.req.get("bind_address")
+        if bind:
+            bind_family = _numeric_family(bind)
+            addresses = [a for a in addresses if a[0] == bind_family] or addresses
+        error = None
+        for family, address in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                sent = sock.send(first)
-            except (BlockingIOError, InterruptedError):
-                await _wait_connected(loop, sock)
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if bind:
+                    sock.bind((bind, 0))
+                err = sock.connect_ex(address)
+                if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise OSError(err, os.strerror(err))  # OSError picks the subclass, e.g. refused
+                sent = None
+                if first is not None:
+                    try:
+                        sent = sock.send(first)
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                if sent is None:
+                    yield loop.wait_io(sock, loop.WRITE)
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    if first is not None:
+                        sent = sock.send(first)
+                if first is not None and sent < len(first):
+                    conn = _Connection(sock)
+                    yield from conn.send(first[sent:])
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+            except BaseException:  # the deadline, or the run being closed
+                sock.close()
+                raise
+        raise error if error is not None else OSError(errno.EHOSTUNREACH, "no address to connect to")
+
+    def _start_tls(self, sock):
+        req = self.req
+        context = req.get("ssl_context") or make_ssl_context(req["tls"])
+        try:
+            tls_sock = context.wrap_socket(
+                sock, server_hostname=req["tls"].get("server_name") or req["host"], do_handshake_on_connect=False
+            )
         except BaseException:
             sock.close()
             raise
-        self.proto = _RawConnection(loop, sock)
-        if sent is None:
-            self.proto.write(first)
-        elif sent < len(first):
-            self.proto.write(first[sent:])
-        return self.proto
-
-    async def _connect_transport(self):
-        req = self.req
-        loop = asyncio.get_running_loop()
-        kwargs = {}
-        if req.get("bind_address"):
-            kwargs["local_addr"] = (req["bind_address"], 0)
-        if self.tls_used:
-            kwargs["ssl"] = req.get("ssl_context") or make_ssl_context(req["tls"])
-            kwargs["server_hostname"] = req["tls"].get("server_name") or req["host"]
-        transport, proto = await loop.create_connection(_PduProtocol, req["host"], req["port"], **kwargs)
-        self.proto = proto
-        if self.tls_used:
-            ssl_object = transport.get_extra_info("ssl_object")
-            cipher = ssl_object.cipher() if ssl_object else None
-            self.result["tls"] = {
-                "version": ssl_object.version() if ssl_object else None,
-                "cipher": cipher[0] if cipher else None,
-                "peer_subject": _peer_subject(ssl_object),
-            }
-        return proto
+        self.conn = _TlsConnection(tls_sock)
+        yield from self.conn.handshake()
+        cipher = tls_sock.cipher()
+        self.result["tls"] = {
+            "version": tls_sock.version(),
+            "cipher": cipher[0] if cipher else None,
+            "peer_subject": _peer_subject(tls_sock),
+        }
 
     def _finish(self, outcome, detail=None):
         self.result["outcome"] = outcome
@@ -507,13 +574,14 @@ class Probe:
     def _closed(self, exc):
         """Classify a close or reset that arrives instead of the association answer."""
         err = exc.error
-        if isinstance(err, ssl.SSLError) or (self.tls_used and err is not None and "SSL" in type(err).__name__):
+        ssl = _ssl() if self.tls_used else None
+        if ssl is not None and isinstance(err, ssl.SSLError):
             # TLS 1.3 finishes the client's handshake before the server has checked the
             # client certificate; the server's verdict arrives as an alert on first read.
             return self._finish("tls_failed", "TLS alert from peer: %s" % _ssl_reason(err))
         what = "reset" if isinstance(err, ConnectionResetError) else "closed"
         tls_version = (self.result.get("tls") or {}).get("version")
-        if tls_version == "TLSv1.3" and what == "reset" and not self.proto.buffer:
+        if tls_version == "TLSv1.3" and what == "reset" and not self.conn.buffer:
             # In TLS 1.3 the server checks the client certificate after the client has
             # finished its handshake; OpenSSL-based servers then often reset the
             # connection (the request is still unread) before their alert is read.
@@ -522,13 +590,13 @@ class Probe:
                 "connection reset right after the TLS 1.3 handshake, before any DICOM answer; "
                 "the server most likely refused the client certificate",
             )
-        if self.tls_used and self.result.get("tls") and not self.proto.buffer:
+        if self.tls_used and self.result.get("tls") and not self.conn.buffer:
             detail = "connection %s over TLS before any DICOM answer" % what
         else:
             detail = "connection %s by peer without an association answer" % what
         return self._finish("aborted", detail)
 
-    async def _run(self):
+    def _run(self):
         req = self.req
         associate_rq = req.get("associate_rq") or pdu.build_associate_rq(
             req["called_ae"],
@@ -537,24 +605,22 @@ class Probe:
             req.get("identity"),
             positive_response=(req.get("identity") or {}).get("positive_response_requested", False),
         )
-        proto = await self._connect(associate_rq)
-        if proto is None:
+        conn = yield from self._connect(associate_rq)
+        if conn is None:
             self._latency()
             return
         self.phase = "association"
-        if isinstance(proto, _PduProtocol):
-            proto.write(associate_rq)  # a raw connection has sent it while connecting
         try:
-            header = await proto.read_exactly(6)
+            header = yield from conn.read_exactly(6)
             pdu_type, length = pdu.parse_header(header)
             pdu.check_answer_header(pdu_type, length)
-            answer = header + await proto.read_exactly(length)
+            answer = header + (yield from conn.read_exactly(length))
         except _Closed as exc:
             self._latency()
             return self._closed(exc)
         except pdu.ProtocolError as exc:
             self._latency()
-            proto.write(pdu.abort_bytes(2, 1))
+            yield from conn.send(pdu.abort_bytes(2, 1))
             return self._finish("aborted", "protocol error: %s" % exc)
         self._latency()
 
@@ -567,15 +633,16 @@ class Probe:
         try:
             accept = pdu.parse_accept(answer)
         except pdu.ProtocolError as exc:
-            proto.write(pdu.abort_bytes(2, 6))
+            yield from conn.send(pdu.abort_bytes(2, 6))
             return self._finish("aborted", "protocol error: %s" % exc)
         self.result["outcome"] = "accepted"
         self.result["identity_response"] = accept["identity_response"]
         self.result["accepted_contexts"] = sorted(cid for cid, res in accept["contexts"].items() if res == 0)
-        await self._dimse(proto, accept)
-        await self._release(proto)
+        yield from self._dimse(conn, accept)
+        yield from self._release(conn)
+        return None
 
-    async def _dimse(self, proto, accept):
+    def _dimse(self, conn, accept):
         dimse = self.req.get("dimse", "echo")
         if dimse == "none":
             return
@@ -586,17 +653,17 @@ class Probe:
             )
             return
         self.phase = "C-FIND" if dimse == "find" else "C-ECHO"
-        proto.write(pdu.find_rq_bytes() if dimse == "find" else pdu.echo_rq_bytes())
+        yield from conn.send(pdu.find_rq_bytes() if dimse == "find" else pdu.echo_rq_bytes())
         matches = 0
         try:
             while True:
-                status, has_data = await self._read_response(proto)
+                status, has_data = yield from self._read_response(conn)
                 category = pdu.status_category(status)
                 if category == "pending" and dimse == "find":
                     matches += 1
                     if has_data:
                         # The identifier is skipped unparsed: only the count is reported.
-                        await self._skip_dataset(proto)
+                        yield from self._skip_dataset(conn)
                     if matches >= MAX_FIND_MATCHES:
                         self.result["detail"] = "stopped counting at %d matches" % matches
                         break
@@ -608,7 +675,7 @@ class Probe:
             self.result["detail"] = "association ended during %s: %s" % (self.phase, exc)
         except pdu.ProtocolError as exc:
             self.result["detail"] = "%s during %s" % (exc, self.phase)
-            proto.write(pdu.abort_bytes(2, 1))
+            yield from conn.send(pdu.abort_bytes(2, 1))
             self.ended = True
         except _AbortedByPeer as exc:
             self.result["abort"] = exc.names
@@ -617,19 +684,19 @@ class Probe:
         if dimse == "find":
             self.result["matches"] = matches
 
-    async def _next_pdata(self, proto):
-        pdu_type, data = await proto.read_pdu(pdu.MAX_PDATA_ACCEPTED)
+    def _next_pdata(self, conn):
+        pdu_type, data = yield from conn.read_pdu(pdu.MAX_PDATA_ACCEPTED)
         if pdu_type == pdu.PDU_ABORT:
             raise _AbortedByPeer(pdu.decode_abort(data) if len(data) == 10 else abort_unknown())
         if pdu_type != pdu.PDU_P_DATA_TF:
             raise pdu.ProtocolError("unexpected %s during %s" % (pdu.PDU_NAMES[pdu_type], self.phase))
         return list(pdu.split_pdvs(data[6:]))
 
-    async def _read_response(self, proto):
+    def _read_response(self, conn):
         """Read one DIMSE response's command set; return (status, has data set)."""
         command = b""
         while True:
-            for _context, control, data in await self._next_pdata(proto):
+            for _context, control, data in (yield from self._next_pdata(conn)):
                 if not control & 0x01:
                     raise pdu.ProtocolError("data set fragment where a command was expected")
                 command += data
@@ -639,23 +706,23 @@ class Probe:
                     status, _field, has_data = pdu.decode_command(command)
                     return status, has_data
 
-    async def _skip_dataset(self, proto):
+    def _skip_dataset(self, conn):
         while True:
-            for _context, control, _data in await self._next_pdata(proto):
+            for _context, control, _data in (yield from self._next_pdata(conn)):
                 if control & 0x01:
                     raise pdu.ProtocolError("command fragment inside a data set")
                 if control & 0x02:
                     return
 
-    async def _release(self, proto):
+    def _release(self, conn):
         """Release politely (PS3.8 7.2) so servers log a clean end, not an abort."""
-        if proto.closed or self.ended:
+        if conn.closed or self.ended:
             return
         self.phase = "release"
-        proto.write(pdu.RELEASE_RQ_BYTES)
+        yield from conn.send(pdu.RELEASE_RQ_BYTES)
         try:
             while True:
-                pdu_type, _data = await proto.read_pdu(pdu.MAX_PDATA_ACCEPTED)
+                pdu_type, _data = yield from conn.read_pdu(pdu.MAX_PDATA_ACCEPTED)
                 if pdu_type == pdu.PDU_RELEASE_RP:
                     self.result["released"] = True
                     return
@@ -663,20 +730,6 @@ class Probe:
                     return
         except (_Closed, pdu.ProtocolError):
             return
-
-
-async def _wait_connected(loop, sock):
-    """Wait for a non-blocking connect to finish; raise its error, as sock_connect does."""
-    done = loop.create_future()
-    fd = sock.fileno()
-    loop.add_writer(fd, lambda: done.done() or done.set_result(None))
-    try:
-        await done
-    finally:
-        loop.remove_writer(fd)
-    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
 
 
 class _AbortedByPeer(Exception):
@@ -696,30 +749,15 @@ def _ssl_reason(exc):
     return reason or str(exc)
 
 
-async def probe_async(req):
-    """Run one probe and return its result dict."""
-    return await Probe(req).run()
-
-
-async def probe_many_async(requests, concurrency=32):
-    """Run many probes with at most ``concurrency`` connections in flight."""
-    semaphore = asyncio.Semaphore(max(1, int(concurrency)))
-
-    async def one(req):
-        async with semaphore:
-            return await Probe(req).run()
-
-    return await asyncio.gather(*(one(req) for req in requests))
-
-
 def probe(req):
-    """Run one probe synchronously."""
-    return asyncio.run(probe_async(req))
+    """Run one probe; return its result dict."""
+    return loop.run_jobs([Probe(req).job()], 1)[0]
 
 
 def probe_many(requests, concurrency=32):
-    """Run many probes synchronously; results are in the order of ``requests``."""
-    return asyncio.run(probe_many_async(requests, concurrency))
+    """Run many probes with at most ``concurrency`` connections in flight; results are in
+    the order of ``requests``."""
+    return loop.run_jobs([Probe(req).job() for req in requests], concurrency)
 
 
 def outcome_message(result):

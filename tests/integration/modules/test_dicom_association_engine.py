@@ -56,7 +56,7 @@ def test_open_scp_on_ipv6_loopback_accepts(scp_factory):
 
 
 def test_host_name_uses_the_transport_path_and_is_accepted(scp_factory):
-    # Numeric addresses use raw non-blocking sockets; names go through asyncio transports.
+    # Numeric addresses connect at once; names are looked up on a thread first.
     result = probe(scp_factory(ScpPolicy.OPEN), host="localhost")
     assert result["outcome"] == "accepted"
     assert result["dimse_status"] == 0

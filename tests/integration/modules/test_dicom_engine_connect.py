@@ -57,3 +57,28 @@ def test_established_connect_sends_the_request_at_once(scp_factory):
     result = _probe(scp_factory(ScpPolicy.OPEN), dimse="find")
     assert result["outcome"] == "accepted"
     assert result["matches"] == 2
+
+
+def test_failed_name_lookup_is_refused_with_the_reason(monkeypatch):
+    # The lookup itself is stubbed: a real one for a missing name would leave this machine.
+    def no_such_name(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(dp.socket, "getaddrinfo", no_such_name)
+    result = _probe(104, host="pacs.example.invalid")
+    assert result["outcome"] == "refused"
+    assert "host name lookup failed" in result["detail"]
+
+
+def test_slow_name_lookup_costs_at_most_the_timeout(monkeypatch):
+    import time
+
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(3)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(dp.socket, "getaddrinfo", hanging_lookup)
+    start = time.monotonic()
+    result = _probe(104, host="slow-dns.example.invalid", timeout=0.3)
+    assert time.monotonic() - start < 2
+    assert result["outcome"] == "timeout"
