@@ -109,33 +109,46 @@ def whitelist(n, seed=104):
 
 
 def apply_role(workdir, prefixes):
-    """Run the role the way a user would; returns (wall seconds, rules file)."""
+    """Run the role the way a user would, the whitelist coming from the inventory's
+    host_vars; returns (wall seconds, rules file)."""
     rules = os.path.join(workdir, "rules")
-    vars_file = os.path.join(workdir, "vars.json")
-    with open(vars_file, "w") as f:
+    inventory = os.path.join(workdir, "inventory")
+    os.makedirs(os.path.join(inventory, "host_vars"), exist_ok=True)
+    with open(os.path.join(inventory, "hosts"), "w") as f:
+        f.write("pacs ansible_connection=local\n")
+    # JSON is what an inventory generated from an IP address management system would
+    # write; Ansible reads it faster than the same list in YAML.
+    with open(os.path.join(inventory, "host_vars", "pacs.json"), "w") as f:
         json.dump({
             "nftables_whitelist_source_sets": {"modalities": prefixes},
             "nftables_whitelist_services": [{"name": "dicom", "ports": [PORT], "sources": ["modalities"]}],
             "nftables_whitelist_management_sources": ["198.18.200.0/24"],
             "nftables_whitelist_persist": False,
-            # Role vars, overridden so the benchmark writes into its own directory.
+            "ansible_python_interpreter": os.path.join(TOP, ".venv", "bin", "python"),
+        }, f)
+    # Role vars (vars/main.yml) outrank the inventory: only extra vars can point the
+    # role's files into the benchmark's own directory instead of /etc and /var/lib.
+    overrides = os.path.join(workdir, "overrides.json")
+    with open(overrides, "w") as f:
+        json.dump({
             "nftables_whitelist_rules_dir": rules,
             "nftables_whitelist_state_dir": os.path.join(workdir, "state"),
-            "nftables_whitelist_packages": [],
-            "ansible_python_interpreter": os.path.join(TOP, ".venv", "bin", "python"),
         }, f)
     playbook = os.path.join(workdir, "play.yml")
     with open(playbook, "w") as f:
-        f.write("- hosts: localhost\n  gather_facts: false\n  roles: [dicomsec.hardening.nftables_whitelist]\n")
+        f.write("- hosts: pacs\n  gather_facts: false\n  roles: [dicomsec.hardening.nftables_whitelist]\n")
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(TOP, "ansible.cfg"),
                PATH=os.path.join(TOP, ".venv", "bin") + os.pathsep + os.environ["PATH"])
     start = time.perf_counter()
-    res = sh(os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-i", "localhost,", "-c", "local",
-             "-e", "@" + vars_file, playbook, ns=SRV_NS, check=False, env=env, cwd=TOP)
+    res = sh(os.path.join(TOP, ".venv", "bin", "ansible-playbook"), "-i", os.path.join(inventory, "hosts"),
+             "-e", "@" + overrides, playbook, ns=SRV_NS, check=False, env=env, cwd=TOP)
     took = time.perf_counter() - start
     if res.returncode != 0:
         sys.exit("role run failed:\n" + res.stdout[-3000:] + res.stderr[-3000:])
-    return took, os.path.join(rules, "dicomsec.nft")
+    rules_file = os.path.join(rules, "dicomsec.nft")
+    if not os.path.exists(rules_file):
+        sys.exit("the role did not write %s" % rules_file)
+    return took, rules_file
 
 
 def iptables_rules(prefixes):
