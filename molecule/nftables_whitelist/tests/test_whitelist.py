@@ -7,6 +7,7 @@ sits on the same LAN and is not; wl-admin is on the management network.
 import base64
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -18,6 +19,13 @@ SCENARIO = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
 
 SERVER_V4, SERVER_V6 = "198.18.10.30", "2001:db8:d1c0:10::30"
 SERVER_MGMT_V4, SERVER_MGMT_V6 = "198.18.40.30", "2001:db8:d1c0:40::30"
+SERVER_TUNNEL = "198.18.99.1"  # the server's inner address, reachable only through IPsec
+# The converge's other whitelists: an override of modalities keeps them, so that the
+# services that name them stay valid and only the change under test differs.
+OTHER_SETS = {
+    "lan_and_mgmt": ["198.18.10.31", "2001:db8:d1c0:10::31", "198.18.40.31", "2001:db8:d1c0:40::31"],
+    "tunnel_peers": ["198.18.99.2", "198.18.10.31"],
+}
 LOG_FILE = "/var/log/ulog/dicomsec-refused.log"
 
 # Runs on a client: one TCP connection attempt, or a DICOM C-ECHO association.
@@ -92,6 +100,11 @@ def live_digest():
     return next(line.split('"')[1] for line in out.splitlines() if "comment" in line)
 
 
+def with_modalities(entries, **extra):
+    """Extra vars that replace the modalities whitelist and keep the others."""
+    return dict({"nftables_whitelist_source_sets": dict(OTHER_SETS, modalities=entries)}, **extra)
+
+
 def run_converge(extra_vars, *flags):
     """Run the scenario's converge again on the server, with some variables changed."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ansible.cfg"))
@@ -126,7 +139,9 @@ def test_refused_attempt_is_logged_with_the_prefix():
 
 def test_accepted_connections_are_not_logged():
     probe("wl-allowed", "tcp", SERVER_V4, 104)
-    assert "SRC=198.18.10.31 " not in host("wl-server").file(LOG_FILE).content_string
+    log = host("wl-server").file(LOG_FILE).content_string
+    # (The IPsec tests below refuse this modality on 4243 in the clear: only port 104 counts.)
+    assert not [ln for ln in log.splitlines() if "SRC=198.18.10.31 " in ln and "DPT=104 " in ln]
 
 
 @pytest.mark.parametrize("addr", [SERVER_MGMT_V4, SERVER_MGMT_V6])
@@ -175,7 +190,7 @@ def test_connection_limit_refuses_connections_beyond_the_limit():
 
 def test_a_broken_variable_fails_before_any_change():
     before = live_digest()
-    result = run_converge({"nftables_whitelist_source_sets": {"modalities": ["198.18.10.300"]}})
+    result = run_converge(with_modalities(["198.18.10.300"]))
     assert result.returncode != 0
     assert "Check each protected service" not in result.stdout, result.stdout[-3000:]
     output = result.stdout + result.stderr
@@ -187,8 +202,7 @@ def test_a_broken_variable_fails_before_any_change():
 
 def test_check_mode_shows_the_change_without_applying_it():
     before = live_digest()
-    widened = {"nftables_whitelist_source_sets": {"modalities": ["198.18.10.31", "198.18.10.32",
-                                                                 "2001:db8:d1c0:10::31"]}}
+    widened = with_modalities(["198.18.10.31", "198.18.10.32", "2001:db8:d1c0:10::31"])
     result = run_converge(widened, "--check", "--diff")
     assert result.returncode == 0, result.stdout[-3000:]
     assert "+\t\t198.18.10.32" in result.stdout.replace("\\t", "\t") or "198.18.10.32" in result.stdout
@@ -199,9 +213,8 @@ def test_check_mode_shows_the_change_without_applying_it():
 def test_a_change_the_controller_cannot_confirm_is_rolled_back():
     before = live_digest()
     # A real change, confirmed against a port nothing listens on: the check fails.
-    widened = {"nftables_whitelist_source_sets": {"modalities": ["198.18.10.31", "198.18.10.32",
-                                                                 "2001:db8:d1c0:10::31"]},
-               "nftables_whitelist_confirm_port": 9}
+    widened = with_modalities(["198.18.10.31", "198.18.10.32", "2001:db8:d1c0:10::31"],
+                              nftables_whitelist_confirm_port=9)
     result = run_converge(widened)
     assert result.returncode != 0
     assert "previous table was restored" in result.stdout + result.stderr
@@ -237,6 +250,43 @@ def test_gateway_logs_the_refused_remote_site():
     lines = refused_log_lines("wl-gateway", "198.18.20.35")
     assert lines
     assert "dicomsec-refused dicom_segment:" in lines[-1]
+
+
+# Interfaces: 4242 is reachable only through the LAN interface. wl-admin is on its
+# whitelist too, but arrives over the management interface.
+
+@pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
+def test_interface_bound_service_is_reached_over_its_interface(addr):
+    assert probe("wl-allowed", "echo", addr, 4242) == "accepted 0x0"
+
+
+@pytest.mark.parametrize("addr", [SERVER_MGMT_V4, SERVER_MGMT_V6])
+def test_interface_bound_service_refuses_a_whitelisted_source_on_another_interface(addr):
+    assert probe("wl-admin", "tcp", addr, 4242) == "refused"
+    assert probe("wl-admin", "tcp", addr, 22) == "open"  # the path itself is open
+
+
+# IPsec: 4243 is reachable only through the tunnel prepare brought up (strongSwan,
+# userspace ESP, so decrypted packets arrive on ipsec0). The modality is whitelisted
+# both inside the tunnel and in the clear: only the path decides.
+
+def esp_packets_in():
+    out = host("wl-server").check_output("swanctl --list-sas --raw")
+    return sum(int(n) for n in re.findall(r"packets-in=(\d+)", out))
+
+
+def test_ipsec_only_service_is_reached_through_the_tunnel():
+    before = esp_packets_in()
+    assert probe("wl-allowed", "echo", SERVER_TUNNEL, 4243) == "accepted 0x0"
+    assert esp_packets_in() > before  # the association travelled inside ESP
+
+
+def test_ipsec_only_service_refuses_the_same_modality_in_the_clear():
+    assert probe("wl-allowed", "tcp", SERVER_V4, 4243) == "refused"
+    lines = refused_log_lines("wl-server", "198.18.10.31")
+    assert any("dicomsec-refused dicom_ipsec:" in ln and "DPT=4243 " in ln for ln in lines)
+    # The same source, in the clear, on a service that does not ask for IPsec:
+    assert probe("wl-allowed", "echo", SERVER_V4, 104) == "accepted 0x0"
 
 
 # Last: the restart drops the lab routes that prepare added.
