@@ -38,6 +38,14 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from collections_path import collections_path  # noqa: E402  (the tests' helpers, one copy)
+from orthanc_access import HARDENED_ACCESS  # noqa: E402
+
+sys.path.insert(0, collections_path())
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu  # noqa: E402
+
 LOOPBACK = "127.0.0.1"
 PACS_AET = "BENCHPACS"
 CLIENT_AET = "BENCHSCU"
@@ -107,19 +115,12 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": True,
             "RegisteredUsers": {"bench": os.urandom(16).hex()},
-            # pacs_identity's access control, so the tuned figure is the role's.
-            "DicomCheckCalledAet": True,
-            "DicomCheckModalityHost": True,
-            "DicomAlwaysAllowEcho": False,
-            "DicomAlwaysAllowStore": False,
-            "DicomAlwaysAllowFind": False,
-            "DicomAlwaysAllowFindWorklist": False,
-            "DicomAlwaysAllowGet": False,
-            "DicomAlwaysAllowMove": False,
             "DicomModalities": {"bench": {"AET": CLIENT_AET, "Host": LOOPBACK, "Port": 104,
                                           "AllowEcho": True, "AllowStore": True}},
             "StorageCompression": False,
             "Plugins": [],
+            # pacs_identity's access control, so the tuned figure is the role's.
+            **HARDENED_ACCESS,
         }
         (self.dir / "orthanc.json").write_text(json.dumps(config))
         env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
@@ -158,19 +159,6 @@ def measure_store(port: int, files: list[Path], pixel_bytes: int):
     return {"seconds": elapsed, "mb_per_s": pixel_bytes / elapsed / 1e6}
 
 
-def _item(item_type: int, value: bytes) -> bytes:
-    return struct.pack(">BBH", item_type, 0, len(value)) + value
-
-
-def associate_rq(called: str, calling: str) -> bytes:
-    """A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing Verification in Implicit VR Little Endian."""
-    context = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, b"1.2.840.10008.1.1") + _item(0x40, b"1.2.840.10008.1.2"))
-    user_info = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.10.1234.9"))
-    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
-            + _item(0x10, b"1.2.840.10008.3.1.1.1") + context + user_info)
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
-
-
 def read_pdu(sock: socket.socket) -> int:
     header = b""
     while len(header) < 6:
@@ -188,7 +176,7 @@ def read_pdu(sock: socket.socket) -> int:
 
 
 def measure_raw_associations(port: int, count: int):
-    request = associate_rq(PACS_AET, CLIENT_AET)
+    request = dicom_pdu.build_associate_rq(PACS_AET, CLIENT_AET, "echo")
     release = struct.pack(">BBI", 0x05, 0, 4) + bytes(4)
     setup, teardown = [], []
     for _attempt in range(count):

@@ -67,6 +67,16 @@ class _Connection:
     and sends are generators that suspend on the scheduler only when the socket would block.
     """
 
+    # What a recv or send raises when it has to wait for readability or writability.
+    _recv_waits_read = (BlockingIOError, InterruptedError)
+    _recv_waits_write = ()
+    _send_waits_read = ()
+    _send_waits_write = (BlockingIOError, InterruptedError)
+    # More bytes are needed only after a request went out, and its answer is almost never
+    # there yet: waiting first saves a failed recv per answer.  A plain socket keeps no
+    # bytes in user space, so its readiness report cannot miss any.
+    _wait_before_recv = True
+
     def __init__(self, sock):
         self.sock = sock
         self.buffer = bytearray()
@@ -74,23 +84,24 @@ class _Connection:
         self.error = None
 
     def _recv(self):
-        """Receive once into the buffer; suspend while nothing is there.
-
-        Waits before the first recv: more bytes are needed only after a request went out,
-        and its answer is almost never there yet, so trying first would cost a failed
-        syscall per answer.  A plain socket keeps no bytes in user space, so the readiness
-        report cannot miss any (a TLS socket can, and tries first).
-        """
-        while True:
+        """Receive once into the buffer; suspend while nothing is there."""
+        if self._wait_before_recv:
             yield loop.wait_io(self.sock, loop.READ)
+        while True:
             try:
                 data = self.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
+            except self._recv_waits_read:
+                yield loop.wait_io(self.sock, loop.READ)
+                continue
+            except self._recv_waits_write:
+                yield loop.wait_io(self.sock, loop.WRITE)
                 continue
             except OSError as exc:
                 self.closed, self.error = True, exc
                 return
             if not data:
+                # A TCP close; over TLS a close_notify, or a close without one
+                # (suppress_ragged_eofs).
                 self.closed = True
                 return
             self.buffer += data
@@ -120,13 +131,19 @@ class _Connection:
         return pdu_type, header + body
 
     def send(self, data):
-        """Send all of ``data``; a failure is left for the next read to report."""
-        data = memoryview(data)
+        """Send all of ``data``; a failure is left for the next read to report.
+
+        After a would-block the same bytes are offered again, as OpenSSL requires.
+        """
+        data = bytes(data)
         while data and not self.closed:
             try:
                 sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
+            except self._send_waits_write:
                 yield loop.wait_io(self.sock, loop.WRITE)
+                continue
+            except self._send_waits_read:
+                yield loop.wait_io(self.sock, loop.READ)
                 continue
             except OSError:
                 return
@@ -139,58 +156,31 @@ class _Connection:
 
 
 class _TlsConnection(_Connection):
-    """The same over a non-blocking SSLSocket, whose would-block signals are SSL errors."""
+    """The same over a non-blocking SSLSocket, whose would-block signals are SSL errors.
+
+    OpenSSL may hold decrypted bytes that the socket no longer reports as readable, so
+    a TLS connection tries recv before it waits.
+    """
+
+    _wait_before_recv = False
 
     def __init__(self, sock):
         _Connection.__init__(self, sock)
         ssl = _ssl()
-        self._want_read = ssl.SSLWantReadError
-        self._want_write = ssl.SSLWantWriteError
+        self._recv_waits_read = (ssl.SSLWantReadError, BlockingIOError, InterruptedError)
+        self._recv_waits_write = (ssl.SSLWantWriteError,)
+        self._send_waits_read = (ssl.SSLWantReadError,)
+        self._send_waits_write = (ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
 
     def handshake(self):
         while True:
             try:
                 self.sock.do_handshake()
                 return
-            except self._want_read:
+            except self._send_waits_read:
                 yield loop.wait_io(self.sock, loop.READ)
-            except self._want_write:
+            except self._recv_waits_write:
                 yield loop.wait_io(self.sock, loop.WRITE)
-
-    def _recv(self):
-        while True:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except (self._want_read, BlockingIOError, InterruptedError):
-                yield loop.wait_io(self.sock, loop.READ)
-                continue
-            except self._want_write:
-                yield loop.wait_io(self.sock, loop.WRITE)
-                continue
-            except OSError as exc:
-                self.closed, self.error = True, exc
-                return
-            if not data:
-                # A close_notify, or a TCP close without one (suppress_ragged_eofs).
-                self.closed = True
-                return
-            self.buffer += data
-            return
-
-    def send(self, data):
-        data = bytes(data)  # OpenSSL wants the same buffer again after a would-block
-        while data and not self.closed:
-            try:
-                sent = self.sock.send(data)
-            except (self._want_write, BlockingIOError, InterruptedError):
-                yield loop.wait_io(self.sock, loop.WRITE)
-                continue
-            except self._want_read:
-                yield loop.wait_io(self.sock, loop.READ)
-                continue
-            except OSError:
-                return
-            data = data[sent:]
 
 
 class _Resolution:

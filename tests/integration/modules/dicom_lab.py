@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from collections_path import collections_path
 from dicom_pdus import accept_pdu
+from orthanc_access import HARDENED_ACCESS
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -493,19 +494,7 @@ def orthanc_config(storage, http_port, dicom_port, hardened):
         "DicomModalities": {"ct01": ["CT01", LOOPBACK, 104]},
     }
     if hardened:
-        config.update(
-            {
-                "DicomAlwaysAllowEcho": False,
-                "DicomAlwaysAllowStore": False,
-                "DicomAlwaysAllowFind": False,
-                "DicomAlwaysAllowFindWorklist": False,
-                "DicomAlwaysAllowGet": False,
-                "DicomAlwaysAllowMove": False,
-                "DicomCheckCalledAet": True,
-                "DicomCheckModalityHost": True,
-                "DicomModalities": {"ct01": ["CT01", LOOPBACK, 104]},
-            }
-        )
+        config.update(HARDENED_ACCESS)
     return config
 
 
