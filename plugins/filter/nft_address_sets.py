@@ -15,10 +15,12 @@ name: nft_address_sets
 short_description: Validate addresses and prefixes and split them into nftables IPv4 and IPv6 sets
 version_added: 0.1.0
 description:
-  - Parses every entry with Python's C(ipaddress) module, refusing anything that is not an
+  - Accepts exactly what Python's C(ipaddress) module accepts, refusing anything that is not an
     address or a prefix, or a prefix with host bits set (C(10.0.0.1/8) is a typo more often than
-    it is meant). Collapses overlapping and adjacent prefixes, so the set the kernel loads is as
-    small as the whitelist allows, and splits the result by family.
+    it is meant). Entries in canonical form are read with C(inet_pton), which is several times
+    faster; every other spelling is left to C(ipaddress). An IPv6 zone index is refused.
+  - Collapses overlapping and adjacent prefixes, so the set the kernel loads is as small as the
+    whitelist allows, and splits the result by family.
 options:
   _input:
     description:
@@ -34,9 +36,9 @@ options:
     description:
       - C(list) returns each family as a list of strings.
       - C(nft) returns each family as a dict with C(count) and C(elements), the entries
-        already joined one per line for an nftables C(elements = { }) block. A 100,000-entry
-        list then travels through Ansible as one string: handing Ansible a list that long
-        costs more than parsing it.
+        already joined one per line for an nftables C(elements) block. A 100,000-entry
+        list then travels through Ansible as one string, because handing Ansible a list
+        that long costs more than parsing it.
     type: str
     choices: [list, nft]
     default: list
@@ -66,6 +68,8 @@ _value:
 # Errors name at most this many bad entries: a 100,000-entry list with a
 # systematic mistake should not produce a 100,000-line message.
 MAX_REPORTED = 5
+# ... and each at most this long: one entry may be a whole pasted list.
+MAX_SHOWN = 60
 FORMATS = ("list", "nft")
 _FAMILIES = {4: (socket.AF_INET, 32), 6: (socket.AF_INET6, 128)}
 # One element per line in the rendered set, so a --diff shows which entries changed.
@@ -110,7 +114,7 @@ def _parse(text):
     parsed = _parse_fast(text)
     if parsed is not None:
         return parsed
-    if "%" in text:
+    if "%" in text and ":" in text:
         # ipaddress reads fe80::1%eth0, but a set element has no zone: the kernel would
         # match fe80::1 on every interface, which is not what the entry says.
         raise ValueError("a zone index (%...) cannot be part of a set element")
@@ -161,6 +165,16 @@ def _render(version, prefixes):
     ]
 
 
+def _shorten(text, limit):
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _bad_entry(text, exc):
+    """The entry (shortened) and why it was refused, without repeating the entry."""
+    reason = str(exc).replace(repr(text), "").strip() or str(exc)
+    return f"{_shorten(text, MAX_SHOWN)!r} ({_shorten(reason, 2 * MAX_SHOWN)})"
+
+
 def _split(entries, name, fmt):
     if isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
         raise AnsibleFilterError(f"{name}: expected a list of addresses or prefixes, got {entries!r}")
@@ -171,7 +185,7 @@ def _split(entries, name, fmt):
         try:
             version, value, length = _parse(text)
         except ValueError as exc:
-            bad.append(f"{text!r} ({exc})")
+            bad.append(_bad_entry(text, exc))
             continue
         bits = _FAMILIES[version][1]
         spans[version].append((value, value | ((1 << (bits - length)) - 1)))

@@ -7,7 +7,10 @@ Tasks are generators.  A task suspends by yielding one of three commands built h
 ``wait_io(sock, events)`` (resume when the socket is readable or writable), ``sleep(seconds)``
 and ``gather(jobs)`` (run other tasks, resume with their return values in order).  A
 ``Job`` is a task with a deadline that counts against the concurrency limit: when its
-deadline passes, ``DeadlineExceeded`` is thrown into it at the point where it waits.
+deadline passes, ``DeadlineExceeded`` is thrown into it at the point where it waits.  A
+job is expected to catch it and return (a job that lets it escape ends with None), and a
+job may not gather: only root tasks do, so a slot is never held by a task that waits
+for other slots.
 
 Why not asyncio: importing asyncio costs about 30 ms (it pulls in ssl, logging,
 concurrent.futures and more), which is a fifth of a whole 200-endpoint audit, and its
@@ -91,6 +94,7 @@ class Loop:
         self.seq = itertools.count()
         self.roots_left = 0
         self.results = []
+        self.live = set()
 
     def run(self, roots):
         """Run the generators in ``roots`` concurrently; return their return values in order."""
@@ -98,6 +102,7 @@ class Loop:
         self.roots_left = len(roots)
         tasks = [_Task(gen, index=i) for i, gen in enumerate(roots)]
         for task in tasks:
+            self.live.add(task)
             self._schedule(task)
         try:
             while self.roots_left:
@@ -109,8 +114,10 @@ class Loop:
                     break
                 self._poll()
         finally:
-            self._close_all(tasks)
-            self.selector.close()
+            try:
+                self._close_all()
+            finally:
+                self.selector.close()
         return self.results
 
     # -- stepping --------------------------------------------------------------------------
@@ -134,16 +141,24 @@ class Loop:
         except StopIteration as stop:
             self._finish(task, stop.value)
             return
+        except DeadlineExceeded:
+            if task.parent is None:
+                raise
+            self._finish(task, None)
+            return
+        # Every suspension gets a new token: a timer from an earlier wait cannot wake this one.
+        task.token += 1
         kind = command[0]
         if kind == _IO:
             self._wait_io(task, command[1], command[2])
         elif kind == _SLEEP:
             self._forget_io(task)
-            task.token += 1
             task.waiting = True
             heapq.heappush(self.timers, (time.monotonic() + command[1], next(self.seq), task, task.token))
         elif kind == _GATHER:
             self._forget_io(task)
+            if task.parent is not None:
+                raise RuntimeError("a job may not gather other jobs; only root tasks do")
             jobs = list(command[1])
             if not jobs:
                 self._schedule(task, [])
@@ -152,6 +167,7 @@ class Loop:
             task.pending = len(jobs)
             for index, job in enumerate(jobs):
                 child = _Task(job.gen, parent=task, index=index, timeout=job.timeout)
+                self.live.add(child)
                 if self.active < self.limit:
                     self._start(child)
                 else:
@@ -167,6 +183,7 @@ class Loop:
 
     def _finish(self, task, value):
         task.done = True
+        self.live.discard(task)
         self._forget_io(task)
         if task.parent is None:
             self.results[task.index] = value
@@ -188,14 +205,21 @@ class Loop:
         # A registration is kept while the task keeps waiting on the same socket object
         # (one epoll_ctl per connection instead of two per wait).  A closed socket's file
         # descriptor number can come back for the next socket, so identity decides.
-        if task.fileobj is not sock:
-            self._forget_io(task)
-            self.selector.register(sock, events, task)
-            task.fileobj = sock
-            task.events = events
-        elif task.events != events:
-            self.selector.modify(sock, events, task)
-            task.events = events
+        try:
+            if task.fileobj is not sock:
+                self._forget_io(task)
+                self.selector.register(sock, events, task)
+                task.fileobj = sock
+                task.events = events
+            elif task.events != events:
+                self.selector.modify(sock, events, task)
+                task.events = events
+        except (OSError, ValueError, KeyError) as exc:
+            # A closed socket or a descriptor the selector cannot take: the task hears of it.
+            task.fileobj = None
+            task.throw = exc
+            self._schedule(task)
+            return
         task.waiting = True
 
     def _forget_io(self, task):
@@ -228,16 +252,15 @@ class Loop:
             elif token == task.token and task.waiting:
                 self._schedule(task)
 
-    def _close_all(self, roots):
-        """On an error, close every unfinished task so its sockets are closed."""
-        for task in roots:
-            if not task.done:
+    def _close_all(self):
+        """Close every unfinished task (after an error), so that its sockets are closed."""
+        for task in list(self.live):
+            task.done = True
+            try:
                 task.gen.close()
-        for task in list(self.slots_wanted):
-            task.gen.close()
-        for key in list(self.selector.get_map().values()):
-            if not key.data.done:
-                key.data.gen.close()
+            except Exception:  # pylint: disable=broad-except  # one broken task must not keep others open
+                pass
+        self.live.clear()
 
 
 def run(roots, concurrency=32):

@@ -204,7 +204,10 @@ class _Resolution:
             ]
         except OSError as exc:
             self.error = exc
-        self.done.set()
+        except Exception as exc:  # e.g. UnicodeError for "a..b" or a label over 63 characters
+            self.error = socket.gaierror(socket.EAI_NONAME, "%s is not a usable host name (%s)" % (host, exc))
+        finally:
+            self.done.set()
 
     def wait(self):
         delay = 0.001
@@ -460,13 +463,15 @@ class Probe:
         """
         self.phase = "connect"
         try:
+            # Built before connecting: a context that cannot be built leaves no socket open.
+            context = (self.req.get("ssl_context") or make_ssl_context(self.req["tls"])) if self.tls_used else None
             addresses = yield from _resolve(self.req["host"], self.req["port"])
             sock = yield from self._connect_tcp(addresses, None if self.tls_used else first)
             if not self.tls_used:
                 self.conn = _Connection(sock)
                 return self.conn
             self.phase = "TLS handshake"
-            yield from self._start_tls(sock)
+            yield from self._start_tls(sock, context)
             yield from self.conn.send(first)
             return self.conn
         except OSError as exc:
@@ -482,6 +487,8 @@ class Probe:
             if self.tls_used:
                 return self._finish("tls_failed", "connection closed during the TLS handshake (%s)" % exc)
             return self._finish("aborted", "connection reset while connecting (%s)" % exc)
+        if isinstance(exc, _AddressFamilyMismatch):
+            return self._finish("refused", str(exc))
         if isinstance(exc, socket.gaierror):
             return self._finish("refused", "host name lookup failed: %s" % (exc.strerror or exc))
         return self._finish("refused", "connection failed: %s" % (exc.strerror or exc))
@@ -496,7 +503,13 @@ class Probe:
         bind = self.req.get("bind_address")
         if bind:
             bind_family = _numeric_family(bind)
-            addresses = [a for a in addresses if a[0] == bind_family] or addresses
+            addresses = [a for a in addresses if a[0] == bind_family]
+            if not addresses:
+                raise _AddressFamilyMismatch(
+                    "bind_address %s is IPv%d, and %s has no IPv%d address"
+                    % (bind, 6 if bind_family == socket.AF_INET6 else 4, self.req["host"],
+                       6 if bind_family == socket.AF_INET6 else 4)
+                )
         error = None
         for family, address in addresses:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -533,9 +546,8 @@ class Probe:
                 raise
         raise error if error is not None else OSError(errno.EHOSTUNREACH, "no address to connect to")
 
-    def _start_tls(self, sock):
+    def _start_tls(self, sock, context):
         req = self.req
-        context = req.get("ssl_context") or make_ssl_context(req["tls"])
         try:
             tls_sock = context.wrap_socket(
                 sock, server_hostname=req["tls"].get("server_name") or req["host"], do_handshake_on_connect=False
@@ -610,8 +622,9 @@ class Probe:
             return self._closed(exc)
         except pdu.ProtocolError as exc:
             self._latency()
+            self._finish("aborted", "protocol error: %s" % exc)
             yield from conn.send(pdu.abort_bytes(2, 1))
-            return self._finish("aborted", "protocol error: %s" % exc)
+            return None
         self._latency()
 
         if pdu_type == pdu.PDU_ASSOCIATE_RJ:
@@ -623,8 +636,9 @@ class Probe:
         try:
             accept = pdu.parse_accept(answer)
         except pdu.ProtocolError as exc:
+            self._finish("aborted", "protocol error: %s" % exc)
             yield from conn.send(pdu.abort_bytes(2, 6))
-            return self._finish("aborted", "protocol error: %s" % exc)
+            return None
         self.result["outcome"] = "accepted"
         self.result["identity_response"] = accept["identity_response"]
         self.result["accepted_contexts"] = sorted(cid for cid, res in accept["contexts"].items() if res == 0)
@@ -720,6 +734,10 @@ class Probe:
                     return
         except (_Closed, pdu.ProtocolError):
             return
+
+
+class _AddressFamilyMismatch(OSError):
+    """The source address and the destination share no address family."""
 
 
 class _AbortedByPeer(Exception):

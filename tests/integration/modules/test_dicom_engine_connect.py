@@ -82,3 +82,22 @@ def test_slow_name_lookup_costs_at_most_the_timeout(monkeypatch):
     result = _probe(104, host="slow-dns.example.invalid", timeout=0.3)
     assert time.monotonic() - start < 2
     assert result["outcome"] == "timeout"
+
+
+def test_unusable_host_name_is_refused_at_once_every_time():
+    # "a..b" fails IDNA encoding inside getaddrinfo (UnicodeError, not OSError): no
+    # query leaves the machine, and the lookup must neither hang nor stay broken.
+    import time
+
+    for dummy in range(2):
+        start = time.monotonic()
+        result = _probe(104, host="a..b", timeout=5)
+        assert time.monotonic() - start < 2
+        assert result["outcome"] == "refused"
+        assert "not a usable host name" in result["detail"]
+
+
+def test_bind_address_of_the_other_family_is_refused_with_the_reason():
+    result = _probe(free_port(), host="::1", bind_address="127.0.0.1")
+    assert result["outcome"] == "refused"
+    assert result["detail"] == "bind_address 127.0.0.1 is IPv4, and ::1 has no IPv4 address"

@@ -120,3 +120,76 @@ def test_rendered_elements_are_accepted_by_nft(tmp_path):
         "}\n" % (out["v4"]["elements"], out["v6"]["elements"]))
     proc = subprocess.run(["nft", "-c", "-f", str(ruleset)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_pasted_list_in_one_entry_is_shown_shortened():
+    pasted = ",".join("10.%d.0.0/16" % i for i in range(2000))
+    with pytest.raises(AnsibleFilterError) as err:
+        nft_address_sets([pasted], "modalities")
+    assert len(str(err.value)) < 300
+    assert "'10.0.0.0/16,10.1.0.0/16," in str(err.value)
+
+
+@pytest.mark.parametrize("entries, v4, v6", [
+    (["0.0.0.0/0", "198.18.10.5"], ["0.0.0.0/0"], []),
+    (["::/0", "2001:db8::1"], [], ["::/0"]),
+    (["255.255.255.255", "255.255.255.254"], ["255.255.255.254/31"], []),
+    (["0.0.0.0", "0.0.0.1"], ["0.0.0.0/31"], []),
+    (["0.0.0.0/1", "128.0.0.0/1"], ["0.0.0.0/0"], []),
+    (["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"], [],
+     ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127"]),
+    (["198.18.0.1", "198.18.0.2"], ["198.18.0.1", "198.18.0.2"], []),
+])
+def test_edges_of_the_address_space_merge_exactly(entries, v4, v6):
+    assert nft_address_sets(entries) == {"v4": v4, "v6": v6}
+
+
+def _mutations(rnd, text):
+    yield text
+    yield text.upper()
+    yield "0" + text
+    yield text.replace(".", ".0", 1)
+    yield text + "/"
+    yield text + "/0" + str(rnd.randint(0, 9))
+    yield text + "/" + str(rnd.randint(0, 130))
+    yield text.replace(":", "::", 1)
+    yield text[:-1]
+    yield text + " "
+    yield "١" + text[1:]
+
+
+def test_every_entry_is_accepted_or_refused_exactly_as_ipaddress_does():
+    rnd = random.Random(104)
+    for dummy in range(2000):
+        bits = rnd.choice((32, 128))
+        for text in _mutations(rnd, str(_random_prefix(rnd, bits).network_address)):
+            try:
+                expected = ipaddress.ip_network(text.strip(), strict=True)
+            except ValueError:
+                expected = None
+            try:
+                got = nft_address_sets([text])
+            except AnsibleFilterError:
+                got = None
+            if expected is None or "%" in text:
+                assert got is None, text
+            else:
+                assert [ipaddress.ip_network(e) for e in got["v4"] + got["v6"]] == [expected], text
+
+
+def test_the_plugin_documentation_is_valid_yaml_and_the_examples_hold():
+    import yaml
+
+    from ansible_collections.dicomsec.hardening.plugins.filter import nft_address_sets as plugin
+
+    doc = yaml.safe_load(plugin.DOCUMENTATION)
+    assert set(doc["options"]) == {"_input", "name", "format"}
+    assert doc["options"]["format"]["choices"] == list(plugin.FORMATS)
+    examples = yaml.safe_load(plugin.EXAMPLES)
+    assert len(examples) == 2
+    yaml.safe_load(plugin.RETURN)
+    # The results the examples promise in their comments:
+    sample = ["198.18.10.0/25", "198.18.10.128/25", "2001:db8::1"]
+    assert nft_address_sets(sample, "modalities") == {"v4": ["198.18.10.0/24"], "v6": ["2001:db8::1"]}
+    assert nft_address_sets(sample, "modalities", format="nft") == {
+        "v4": {"count": 1, "elements": "198.18.10.0/24"}, "v6": {"count": 1, "elements": "2001:db8::1"}}

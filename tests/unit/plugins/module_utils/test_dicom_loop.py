@@ -132,3 +132,56 @@ def test_gather_of_nothing_resumes_at_once():
         return results
 
     assert loop.run([root()]) == [[]]
+
+
+def test_a_job_that_lets_its_deadline_escape_ends_alone_with_none():
+    def careless():
+        yield loop.sleep(5)
+        return "finished"
+
+    def quick():
+        yield loop.sleep(0.01)
+        return "quick"
+
+    assert loop.run_jobs([loop.Job(careless(), 0.05), loop.Job(quick(), 5)], concurrency=2) == [None, "quick"]
+
+
+def test_an_earlier_sleep_timer_does_not_wake_a_later_socket_wait():
+    silent, other = socket.socketpair()
+    silent.setblocking(False)
+
+    def job():
+        try:
+            yield loop.sleep(0.05)
+        except loop.DeadlineExceeded:
+            pass
+        # Woken early by its deadline, the job now waits on a socket that stays silent;
+        # the 0.05 s timer of the sleep must not resume it.
+        yield loop.wait_io(silent, loop.READ)
+        try:
+            return silent.recv(1)
+        except BlockingIOError:
+            return "resumed without data"
+
+    def root():
+        results = yield loop.gather([loop.Job(job(), 0.01)])
+        return results
+
+    def closer():
+        yield loop.sleep(0.3)
+        other.send(b"z")
+
+    try:
+        results = loop.run([root(), closer()])
+    finally:
+        silent.close()
+        other.close()
+    assert results[0] == [b"z"]
+
+
+def test_a_job_may_not_gather():
+    def nested():
+        yield loop.gather([])
+
+    with pytest.raises(RuntimeError, match="may not gather"):
+        loop.run_jobs([loop.Job(nested(), 1)])
