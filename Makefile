@@ -105,7 +105,9 @@ unit: setup
 	else echo "unit: no tests yet"; fi
 
 molecule: setup
-	$(LAB) run -- bash -c 'for s in $(SCENARIOS); do echo "== molecule scenario $$s"; molecule test -s $$s; done'
+	$(LAB) run -- bash -c 'failed=""; for s in $(SCENARIOS); do echo "== molecule scenario $$s"; \
+	  molecule test -s $$s || failed="$$failed $$s"; done; \
+	  if [ -n "$$failed" ]; then echo "molecule scenarios failed:$$failed"; exit 1; fi'
 
 test: lint sanity package unit molecule
 
