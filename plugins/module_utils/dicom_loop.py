@@ -81,11 +81,34 @@ class _Task:
         self.done = False
 
 
+# Descriptors left to the interpreter, its imports and TLS files when the concurrency is
+# capped by the process's open-file limit.
+FD_RESERVE = 64
+
+
+def usable_concurrency(wanted):
+    """``wanted``, lowered so that every job's socket fits under the open-file limit.
+
+    Past the limit socket() fails with EMFILE, and a probe would report a healthy
+    endpoint as unreachable.
+    """
+    wanted = max(1, int(wanted))
+    try:
+        import resource  # pylint: disable=import-outside-toplevel  # not on every platform
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - FD_RESERVE))
+
+
 class Loop:
     """Runs root tasks to completion; jobs they gather share ``concurrency`` slots."""
 
     def __init__(self, concurrency=32):
-        self.limit = max(1, int(concurrency))
+        self.limit = usable_concurrency(concurrency)
         self.selector = selectors.DefaultSelector()
         self.ready = deque()
         self.slots_wanted = deque()

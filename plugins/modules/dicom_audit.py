@@ -82,7 +82,10 @@ options:
       - When omitted, V(DICOMSEC-PROBE) is used where an authorized title is needed.
     type: str
   concurrency:
-    description: Associations in flight at once, across all endpoints.
+    description:
+      - Associations in flight at once, across all endpoints.
+      - Lowered, if need be, to fit under the open-file limit of the process (C(ulimit -n))
+        less 64, so that no endpoint is reported unreachable for want of a socket.
     type: int
     default: 32
   timeout:

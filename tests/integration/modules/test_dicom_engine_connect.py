@@ -101,3 +101,32 @@ def test_bind_address_of_the_other_family_is_refused_with_the_reason():
     result = _probe(free_port(), host="::1", bind_address="127.0.0.1")
     assert result["outcome"] == "refused"
     assert result["detail"] == "bind_address 127.0.0.1 is IPv4, and ::1 has no IPv4 address"
+
+
+CAPPED_CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe as dp
+port = int(sys.argv[2])
+results = dp.probe_many([dict(host="127.0.0.1", port=port, called_ae="ANY-SCP", calling_ae="CT01",
+                              timeout=0.5, dimse="none") for dummy in range(300)], concurrency=300)
+print(json.dumps(sorted(set(r["outcome"] for r in results))))
+"""
+
+
+def test_concurrency_beyond_the_open_file_limit_is_capped_not_misreported(hostile):
+    # 300 probes at once in a process allowed 128 descriptors: uncapped, about 200 of
+    # them would fail socket() with EMFILE and report a silent server as refused.
+    import json
+    import subprocess
+    import sys
+
+    from dicom_lab import COLLECTIONS_PATH
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CAPPED_CHILD, COLLECTIONS_PATH, str(hostile.ports["silence"])],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["timeout"]
