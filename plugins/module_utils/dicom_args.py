@@ -8,7 +8,10 @@ from __future__ import annotations
 
 __metaclass__ = type
 
-TLS_VERSION_CHOICES = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+from ansible_collections.dicomsec.hardening.plugins.module_utils.dicom_probe import TLS_VERSION_NAMES
+
+# The versions the engine can offer, lowest first.
+TLS_VERSION_CHOICES = list(TLS_VERSION_NAMES)
 IDENTITY_TYPE_CHOICES = ["username", "username_passcode", "kerberos", "saml", "jwt"]
 
 

@@ -36,6 +36,7 @@ from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pd
 OUTCOMES = ("accepted", "rejected", "aborted", "refused", "timeout", "tls_failed")
 DIMSE_CHOICES = ("echo", "find", "none")
 # Lowest first; compared by position, so the ssl module is not needed to validate them.
+# dicom_args offers the same names as the modules' choices.
 TLS_VERSION_NAMES = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 # Stop counting C-FIND matches here and cancel: the count is evidence of exposure, and a
 # verifier must not pull a whole archive's index.
@@ -466,9 +467,11 @@ class Probe:
             # Built before connecting: a context that cannot be built leaves no socket open.
             context = (self.req.get("ssl_context") or make_ssl_context(self.req["tls"])) if self.tls_used else None
             addresses = yield from _resolve(self.req["host"], self.req["port"])
-            sock = yield from self._connect_tcp(addresses, None if self.tls_used else first)
+            sock, sent = yield from self._connect_tcp(addresses, None if self.tls_used else first)
             if not self.tls_used:
                 self.conn = _Connection(sock)
+                if sent < len(first):
+                    yield from self.conn.send(first[sent:])
                 return self.conn
             self.phase = "TLS handshake"
             yield from self._start_tls(sock, context)
@@ -499,6 +502,7 @@ class Probe:
         When the handshake is already complete (on loopback it completes inside connect)
         the request goes out with the connect and saves waiting for writability; while it
         is still in progress the send fails with EAGAIN and nothing is queued.
+        Returns the socket and how many bytes of ``first`` went out (0 without ``first``).
         """
         bind = self.req.get("bind_address")
         if bind:
@@ -534,10 +538,7 @@ class Probe:
                         raise OSError(err, os.strerror(err))
                     if first is not None:
                         sent = sock.send(first)
-                if first is not None and sent < len(first):
-                    conn = _Connection(sock)
-                    yield from conn.send(first[sent:])
-                return sock
+                return sock, sent or 0
             except OSError as exc:
                 sock.close()
                 error = exc
