@@ -26,7 +26,6 @@ __metaclass__ = type
 import errno
 import os
 import socket
-import threading
 import time
 import warnings
 
@@ -190,6 +189,9 @@ class _Resolution:
     def __init__(self, host, port):
         self.addresses = None
         self.error = None
+        # Imported here: numeric addresses, the audit's usual case, need no thread.
+        import threading  # pylint: disable=import-outside-toplevel
+
         self.done = threading.Event()
         thread = threading.Thread(target=self._lookup, args=(host, port))
         thread.daemon = True

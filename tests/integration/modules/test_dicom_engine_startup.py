@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """Start-up cost is part of an audit's wall time: a plain-TCP audit must not import asyncio
-(about 30 ms) or ssl (about 7 ms), and a TLS probe must still load ssl when it needs it."""
+(about 30 ms) or ssl (about 7 ms), nor threading (host names only), and a TLS probe
+must still load ssl when it needs it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ config = json.loads(sys.argv[2])
 reports, summary = dicom_audit.audit(config)
 print(json.dumps({
     "findings": {f["id"]: f["passed"] for f in reports[0]["findings"]},
-    "loaded": sorted(m for m in ("asyncio", "ssl", "concurrent.futures", "pynetdicom", "pydicom") if m in sys.modules),
+    "loaded": sorted(m for m in ("asyncio", "ssl", "threading", "concurrent.futures", "pynetdicom", "pydicom")
+                     if m in sys.modules),
 }))
 """
 
@@ -32,7 +34,7 @@ def _child(config):
     return json.loads(proc.stdout)
 
 
-def test_plain_audit_imports_neither_asyncio_nor_ssl(scp_factory):
+def test_plain_audit_imports_neither_asyncio_nor_ssl_nor_threading(scp_factory):
     port = scp_factory(ScpPolicy.OPEN)
     out = _child(dict(endpoints=[dict(host=LOOPBACK, port=port, called_ae="ANY-SCP")], calling_ae="CT01", timeout=5))
     assert out["findings"]["any_ae"] is False  # the audit really ran and found the open endpoint
