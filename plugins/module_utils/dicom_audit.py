@@ -9,7 +9,7 @@ the audit's client certificate, so they test the AE policy and not TLS; identity
 the authorized AE titles, so they test identity and not AE policy; TLS checks use the
 authorized AE titles and identity, so they test TLS alone.
 
-All associations of all endpoints share one scheduler (dicom_loop) and one concurrency limit.  The
+All associations of all endpoints share one asyncio event loop and one concurrency limit.  The
 first association to an endpoint (the random-AE probe) also tells whether it is reachable;
 if it is refused or times out, no other check is sent, so a dead endpoint costs one timeout.
 """
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 __metaclass__ = type
 
+import asyncio
 import os
 import time
 
-from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_loop as loop
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu as pdu
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe as dp
 
@@ -40,8 +40,8 @@ CHECKS = {
 CHECK_IDS = list(CHECKS)
 # Not selectable: reported only when an endpoint cannot be audited at all.
 REACHABLE = ("reachable", "high")
-SEVERITY_ORDER = {"high": 3, "medium": 2, "low": 1}
-FAIL_ON = {"high": 3, "medium": 2, "low": 1, "never": 99}
+SEVERITY_ORDER = {"high": 3, "medium": 2}
+FAIL_ON = {"high": 3, "medium": 2, "never": 99}
 
 # Titles that installers and tools ship with; an attacker tries these first.
 WELL_KNOWN_CALLED_AES = [
@@ -142,6 +142,7 @@ class _Context:
         self.random_finder = random_ae("F")
         self._rq_cache = {}
         self._ssl = {}
+        self.runner = dp.Runner(self.concurrency)
 
     def ssl_context(self, variant):
         if variant not in self._ssl:
@@ -176,10 +177,9 @@ class _Context:
             req["ssl_context"] = context
         return req
 
-    def run(self, req):
+    async def run(self, req):
         """Run one probe from an endpoint's task; return its result."""
-        results = yield loop.gather([dp.Probe(req).job()])
-        return results[0]
+        return await self.runner.probe(req)
 
 
 def _identity_key(identity):
@@ -213,7 +213,7 @@ def _wrong_identity(identity):
     return wrong
 
 
-def audit_endpoint(ctx, endpoint):
+async def audit_endpoint(ctx, endpoint):
     """Run the selected checks against one endpoint; return its report dict.
 
     Associations go out in rounds (all endpoints' rounds share the loop).  A finding is
@@ -246,7 +246,7 @@ def audit_endpoint(ctx, endpoint):
     #    is to be checked it also asks the query: a random caller without identity is
     #    exactly the caller that check is about, so an accepted association answers both.
     first_dimse = "find" if "cfind_exposure" in checks else "none"
-    first = yield from ctx.run(ctx.request(endpoint, ctx.random_called, ctx.random_calling, dimse=first_dimse))
+    first = await ctx.run(ctx.request(endpoint, ctx.random_called, ctx.random_calling, dimse=first_dimse))
     report["associations"] += 1
     if first["outcome"] in INCONCLUSIVE:
         report["findings"].append(
@@ -343,14 +343,14 @@ def audit_endpoint(ctx, endpoint):
     elif authorized_request is not None:
         jobs.append(("authorized", authorized_request))
 
-    by_check = yield from _run_jobs(ctx, jobs, report)
+    by_check = await _run_jobs(ctx, jobs, report)
 
     # Second round: what the first one left open.
     jobs = []
     if "identity_and_authorized" in by_check:
         combined = by_check.pop("identity_and_authorized")
         by_check["identity_ignored"] = combined
-        if combined[0]["outcome"] == "accepted" and combined[0].get("dimse_status") == 0:
+        if _operation_succeeded(combined[0]):
             by_check["authorized"] = combined
         else:
             # Never fail the authorized check on a request it would not have sent.
@@ -372,7 +372,7 @@ def audit_endpoint(ctx, endpoint):
                 # Without identity the request just rejected is the shortcut itself.
                 by_check["called_ae_random"] = [random_result]
     if jobs:
-        by_check.update((yield from _run_jobs(ctx, jobs, report)))
+        by_check.update((await _run_jobs(ctx, jobs, report)))
 
     if "called_ae_random" in by_check:
         random_result = by_check.pop("called_ae_random")[0]
@@ -382,12 +382,26 @@ def audit_endpoint(ctx, endpoint):
             guesses = [(
                 "called_ae_guess", ctx.request(endpoint, guess, ctx.calling_ae, authorized_identity)
             ) for guess in WELL_KNOWN_CALLED_AES if guess != called.strip()]
-            by_check.update((yield from _run_jobs(ctx, guesses, report)))
+            by_check.update((await _run_jobs(ctx, guesses, report)))
 
     for check_id, results in by_check.items():
         findings[check_id] = judge(check_id, results, ctx)
     report["findings"] = [findings[c] for c in checks if c in findings]
     return report
+
+
+def _operation_succeeded(result):
+    """Whether the association was accepted and its operation succeeded."""
+    return result["outcome"] == "accepted" and bool((result.get("operation") or {}).get("succeeded"))
+
+
+def _operation_text(operation):
+    text = "%s %s" % (operation["name"], operation["result"])
+    if operation["status"] is not None:
+        text += " (status 0x%04x)" % operation["status"]
+    if operation.get("detail"):
+        text += ": %s" % operation["detail"]
+    return text
 
 
 def _random_called_accepted(result):
@@ -398,8 +412,8 @@ def _random_called_accepted(result):
     )
 
 
-def _run_jobs(ctx, jobs, report):
-    results = yield loop.gather([dp.Probe(req).job() for dummy, req in jobs])
+async def _run_jobs(ctx, jobs, report):
+    results = await asyncio.gather(*(ctx.run(req) for dummy, req in jobs))
     report["associations"] += len(jobs)
     by_check = {}
     for (check_id, dummy), result in zip(jobs, results):
@@ -433,21 +447,28 @@ def judge(check_id, results, ctx):
             return _finding(check_id, False, "TLS handshake succeeded with %s (%s)" % (version, outcome))
         return _finding(check_id, True, "TLS 1.0/1.1 offered: %s" % _evidence(result))
     if check_id == "cfind_exposure":
-        answered = result["matches"] or result.get("dimse_status_category") in ("success", "warning", "pending")
-        if outcome == "accepted" and answered:
+        operation = result.get("operation")
+        if outcome != "accepted":
+            return _finding(check_id, True, _evidence(result))
+        if operation and (operation["matches"] or operation["result"] in ("success", "warning")):
             return _finding(
                 check_id, False,
-                "C-FIND from calling %s answered with status 0x%04x and %d matching studies"
-                % (result["calling_ae"], result["dimse_status"] or 0, result["matches"] or 0),
+                "C-FIND from calling %s answered (%s) with %d matching studies"
+                % (result["calling_ae"], _operation_text(operation), operation["matches"]),
             )
-        if outcome == "accepted":
-            return _finding(check_id, True, "association accepted but C-FIND not answered (%s)" % (result.get("detail") or "no status"))
-        return _finding(check_id, True, _evidence(result))
+        if operation and operation["result"] in dp.REFUSED_OPERATION_RESULTS:
+            return _finding(check_id, True, "association accepted, then the C-FIND was refused (%s)" % _operation_text(operation))
+        # A close, a timeout or garbage is no evidence that the query is refused.
+        return _finding(
+            check_id, False,
+            "association accepted, and the C-FIND got no conclusive answer (%s)"
+            % (_operation_text(operation) if operation else "not sent"),
+        )
     if check_id == "authorized":
-        ok = outcome == "accepted" and result.get("dimse_status") == 0
+        ok = _operation_succeeded(result)
         text = _evidence(result)
         if outcome == "accepted":
-            text += "; C-ECHO status %s" % ("0x%04x" % result["dimse_status"] if result["dimse_status"] is not None else "none")
+            text += "; %s" % (_operation_text(result["operation"]) if result.get("operation") else "no operation")
         return _finding(check_id, ok, text)
     # any_ae, no_identity, wrong_passcode, plaintext_accepted, tls_no_client_cert
     return _finding(check_id, outcome != "accepted", _evidence(result))
@@ -457,13 +478,17 @@ def audit(config):
     """Run an audit; return (endpoint reports, summary)."""
     ctx = _Context(config)
     start = time.perf_counter()
-    reports = loop.run([audit_endpoint(ctx, e) for e in config["endpoints"]], ctx.concurrency)
+    reports = dp.run(_audit_all(ctx, config["endpoints"]))
     elapsed = time.perf_counter() - start
     return reports, summarize(reports, elapsed, config.get("fail_on", "high"))
 
 
+async def _audit_all(ctx, endpoints):
+    return list(await asyncio.gather(*(audit_endpoint(ctx, endpoint) for endpoint in endpoints)))
+
+
 def summarize(reports, elapsed, fail_on="high"):
-    failed = {"high": 0, "medium": 0, "low": 0}
+    failed = {"high": 0, "medium": 0}
     checks = passed = associations = 0
     unreachable = []
     failing = []

@@ -1,17 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to the dicomsec.hardening collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""DICOM upper layer (PS3.8) and DIMSE (PS3.7) pieces used by the verification modules.
+"""The DICOM wire format for the verification modules, through pynetdicom and pydicom.
 
-The few requests a verifier sends (an A-ASSOCIATE-RQ, a C-ECHO-RQ, one fixed C-FIND-RQ, the
-release and abort PDUs) are encoded here with struct, and the answers are read the same way.
-No DICOM library is imported at run time: importing pydicom (which imports numpy) and
-pynetdicom costs about 0.2 s per process, more than an audit of a hundred endpoints.  The
-unit tests hold every encoder byte for byte to pynetdicom's and every decoder to
-pynetdicom's and pydicom's, so the wire format still comes from the library's reading of
-the standard.  This file also adds what a verifier needs on top: input validation that runs
-before any traffic, names for reject and abort reasons, and bounded parsing of whatever a
-peer sends back.
+Every request is encoded and every answer decoded by pynetdicom's PDU and DIMSE classes
+(``pynetdicom.pdu``, ``pynetdicom.pdu_primitives``, ``pynetdicom.dimse_messages``) and
+pydicom datasets.  What this file adds is what a verifier needs around them:
+
+- input validation that runs before any traffic and names the bad field;
+- the PS3.8 names of reject and abort reasons, which playbooks branch on;
+- limits on everything a peer sends, checked before the library sees it, so a hostile
+  peer cannot make the probe buffer gigabytes or parse a gigantic command set;
+- the one synthetic instance ``dimse: store`` writes, clearly marked as a probe.
 """
 
 from __future__ import annotations
@@ -20,28 +20,42 @@ __metaclass__ = type
 
 import base64
 import struct
+import traceback
+import warnings
+from io import BytesIO
+
+try:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import dsutils
+    from pynetdicom import dimse_messages
+    from pynetdicom import dimse_primitives
+    from pynetdicom import pdu as pn_pdu
+    from pynetdicom import pdu_primitives
+    from pynetdicom.presentation import build_context
+
+    HAS_PYNETDICOM = True
+    PYNETDICOM_IMPORT_ERROR = None
+except ImportError:  # the modules report it with missing_required_lib
+    HAS_PYNETDICOM = False
+    PYNETDICOM_IMPORT_ERROR = traceback.format_exc()
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 # The probe's own Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID under the
-# 2.25 root (PS3.5 B.2): it needs no registered organisation root and names this encoder,
-# not a library the probe does not use.
+# 2.25 root (PS3.5 B.2): it needs no registered organisation root, and a PACS log then
+# names the verifier rather than the library it is built on.
 IMPLEMENTATION_CLASS_UID = "2.25.276796041901035782959697348919944834382"
 IMPLEMENTATION_VERSION = "DICOMSEC_PROBE"
 
-
-def has_pynetdicom():
-    """Whether pynetdicom is installed, found without importing it (the import is slow).
-
-    Nothing on the probe path needs it; ``dicom_association`` still lists it as a requirement.
-    """
-    # Imported here: only dicom_association asks, and the audit's start-up need not pay.
-    import importlib.util  # pylint: disable=import-outside-toplevel
-
-    return importlib.util.find_spec("pynetdicom") is not None
-
+# What dimse: store writes: one Secondary Capture image (every storage SCP supports the
+# class) of a patient no hospital has, so an administrator can find and delete it.
+PROBE_PATIENT_NAME = "DICOMSEC^PROBE"
+PROBE_PATIENT_ID = "DICOMSEC-PROBE"
+PROBE_STUDY_DESCRIPTION = "dicomsec.hardening verification probe - not a patient"
 
 # PDU types (PS3.8 Table 9-1)
 PDU_ASSOCIATE_RQ = 0x01
@@ -61,17 +75,21 @@ PDU_NAMES = {
     0x07: "A-ABORT",
 }
 
-# The largest answer to an A-ASSOCIATE-RQ that is read at all.  A real A-ASSOCIATE-AC for the
-# few contexts proposed here is well under 2 KiB; even a large SAML server response fits in
-# 64 KiB (the item length field is 16 bits).  A bigger declared length is a hostile or
-# broken peer, and is refused without reading the body.
+# The largest answer to an A-ASSOCIATE-RQ that is read at all.  A real A-ASSOCIATE-AC for
+# the few contexts proposed here is well under 2 KiB; even a large SAML server response
+# fits in 64 KiB (the item length field is 16 bits).  A bigger declared length is a hostile
+# or broken peer, and is refused without reading the body.
 MAX_ASSOCIATE_ANSWER = 256 * 1024
 # The maximum PDU length this side announces; a P-DATA-TF larger than this (plus slack for
-# peers that count the header) breaks the negotiation and is treated as a protocol error.
+# peers that count the header) breaks the negotiation and is a protocol error.
 MAX_PDU_RECEIVED = 65536
 MAX_PDATA_ACCEPTED = MAX_PDU_RECEIVED + 1024
-
-RELEASE_RQ_BYTES = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+# A DIMSE command set is a few hundred bytes; a peer that sends more is not answering.
+MAX_COMMAND_SET = 65536
+# A C-FIND identifier asking for one key, or a C-STORE response's data set, is tiny.
+MAX_RESPONSE_DATA_SET = 1024 * 1024
+# A peer that announces a maximum PDU length this small cannot carry a command set.
+MIN_PEER_MAX_PDU = 64
 
 IDENTITY_TYPES = {
     "username": 1,
@@ -119,6 +137,16 @@ ABORT_REASONS = {
     4: "unrecognized-pdu-parameter",
     5: "unexpected-pdu-parameter",
     6: "invalid-pdu-parameter-value",
+}
+
+# The DIMSE operations a probe can run once the association is accepted: the presentation
+# context each is proposed on (context IDs are odd, PS3.8 9.3.2.2), its SOP class, and the
+# name of its response message.  Verification is always proposed, so `dimse: none` and
+# `dimse: echo` send the same request.
+OPERATIONS = {
+    "echo": {"name": "C-ECHO", "context_id": 1, "sop_class": VERIFICATION_SOP_CLASS, "response": 0x8030},
+    "find": {"name": "C-FIND", "context_id": 3, "sop_class": STUDY_ROOT_FIND, "response": 0x8020},
+    "store": {"name": "C-STORE", "context_id": 5, "sop_class": SECONDARY_CAPTURE_STORAGE, "response": 0x8001},
 }
 
 
@@ -222,153 +250,168 @@ def identity_fields(identity):
 
 
 # ---------------------------------------------------------------------------------------
-# Encoding
+# Requests
 # ---------------------------------------------------------------------------------------
-
-# Context IDs are odd (PS3.8 9.3.2.2); each DIMSE service gets its own context.
-CONTEXT_ECHO = 1
-CONTEXT_FIND = 3
 
 
 def contexts_for(dimse):
     """Return the (context id, abstract syntax) pairs proposed for a DIMSE choice."""
-    contexts = [(CONTEXT_ECHO, VERIFICATION_SOP_CLASS)]
-    if dimse == "find":
-        contexts.append((CONTEXT_FIND, STUDY_ROOT_FIND))
+    contexts = [(OPERATIONS["echo"]["context_id"], VERIFICATION_SOP_CLASS)]
+    if dimse in ("find", "store"):
+        contexts.append((OPERATIONS[dimse]["context_id"], OPERATIONS[dimse]["sop_class"]))
     return contexts
 
 
-def _ae_bytes(title):
-    # AE titles are 16 bytes of the default repertoire, padded with spaces (PS3.8 9.3.2).
-    return title.ljust(16).encode("ascii")
-
-
-def _item(item_type, body):
-    """One variable item or sub-item: type, reserved byte, 16-bit length, body (PS3.8 9.3.2)."""
-    return struct.pack(">BBH", item_type, 0, len(body)) + body
-
-
-def _uid_item(item_type, uid):
-    # UIDs in upper layer items carry no padding byte, unlike UIDs in data sets; this is
-    # also how pynetdicom encodes them (the unit tests compare the bytes).
-    return _item(item_type, uid.encode("ascii"))
-
-
 def build_associate_rq(called_ae, calling_ae, dimse="echo", identity=None, positive_response=False):
-    """Return the bytes of an A-ASSOCIATE-RQ (PS3.8 9.3.2).
+    """Return the bytes of an A-ASSOCIATE-RQ (PS3.8 9.3.2), encoded by pynetdicom.
 
     Only Implicit VR Little Endian is proposed: every acceptor must support it (PS3.5 10.1),
-    and it keeps the C-FIND identifier encoding independent of the negotiation.
+    and it keeps the probe's own data sets independent of the negotiation.
     """
-    items = [_uid_item(0x10, APPLICATION_CONTEXT)]
+    primitive = pdu_primitives.A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT
+    primitive.called_ae_title = called_ae
+    primitive.calling_ae_title = calling_ae
+    contexts = []
     for context_id, abstract in contexts_for(dimse):
-        items.append(_item(
-            0x20,
-            struct.pack(">BBBB", context_id, 0, 0, 0) + _uid_item(0x30, abstract) + _uid_item(0x40, IMPLICIT_VR_LE),
-        ))
-    user = [
-        _item(0x51, struct.pack(">I", MAX_PDU_RECEIVED)),
-        _uid_item(0x52, IMPLEMENTATION_CLASS_UID),
-        _item(0x55, IMPLEMENTATION_VERSION.encode("ascii")),
-    ]
+        context = build_context(abstract, [IMPLICIT_VR_LE])
+        context.context_id = context_id
+        contexts.append(context)
+    primitive.presentation_context_definition_list = contexts
+    max_length = pdu_primitives.MaximumLengthNotification()
+    max_length.maximum_length_received = MAX_PDU_RECEIVED
+    implementation = pdu_primitives.ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = pdu_primitives.ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION
+    user_information = [max_length, implementation, version]
     if identity and identity.get("type"):
         id_type, primary, secondary = identity_fields(identity)
-        # PS3.7 D.3.3.7.1: the secondary-field length is there for every type; it is zero
-        # unless the type is username and passcode.
-        user.append(_item(
-            0x58,
-            struct.pack(">BBH", id_type, 1 if positive_response else 0, len(primary)) + primary
-            + struct.pack(">H", len(secondary)) + secondary,
-        ))
-    items.append(_item(0x50, b"".join(user)))
-    body = (
-        struct.pack(">HH", 1, 0)  # protocol version 1, reserved
-        + _ae_bytes(called_ae)
-        + _ae_bytes(calling_ae)
-        + bytes(32)
-        + b"".join(items)
-    )
-    return struct.pack(">BBI", PDU_ASSOCIATE_RQ, 0, len(body)) + body
+        negotiation = pdu_primitives.UserIdentityNegotiation()
+        negotiation.user_identity_type = id_type
+        negotiation.positive_response_requested = bool(positive_response)
+        negotiation.primary_field = primary
+        if id_type == 2:
+            negotiation.secondary_field = secondary
+        user_information.append(negotiation)
+    primitive.user_information = user_information
+    return pn_pdu.A_ASSOCIATE_RQ(primitive).encode()
 
 
 def abort_bytes(source=0, reason=0):
-    """Return an A-ABORT PDU."""
-    return struct.pack(">BBIBBBB", PDU_ABORT, 0, 4, 0, 0, source, reason)
+    """Return an A-ABORT PDU (PS3.8 9.3.8)."""
+    abort = pn_pdu.A_ABORT_RQ()
+    abort.source = source
+    abort.reason_diagnostic = reason
+    return abort.encode()
 
 
-def _element(group, element, value):
-    """One implicit VR little endian data element (PS3.5 7.1.3)."""
-    return struct.pack("<HHI", group, element, len(value)) + value
+def release_rq_bytes():
+    """Return an A-RELEASE-RQ PDU (PS3.8 9.3.6)."""
+    return pn_pdu.A_RELEASE_RQ().encode()
 
 
-def _us(value):
-    return struct.pack("<H", value)
-
-
-def _even(value, pad):
-    # Values have an even length (PS3.5 7.1.1): UIDs are padded with NUL, text with a space.
-    return value + pad if len(value) % 2 else value
-
-
-def _command_set(elements):
-    """Encode a command set, CommandGroupLength first (PS3.7 9.3, E.1)."""
-    body = b"".join(_element(0x0000, element, value) for element, value in elements)
-    return _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body
-
-
-def _pdata(context_id, control, data):
-    """One P-DATA-TF PDU with one presentation data value (PS3.8 9.3.5, E.2).
-
-    The requests here are a few dozen bytes, far below any negotiated maximum PDU length,
-    so each fits one fragment.
-    """
-    pdv = struct.pack(">IBB", len(data) + 2, context_id, control) + data
-    return struct.pack(">BBI", PDU_P_DATA_TF, 0, len(pdv)) + pdv
-
-
-_REQUEST_CACHE = {}
-
-
-def echo_rq_bytes(message_id=1):
-    """Return the P-DATA-TF PDUs of a C-ECHO-RQ on the verification context."""
-    key = ("echo", message_id)
-    if key not in _REQUEST_CACHE:
-        command = _command_set([
-            (0x0002, _even(VERIFICATION_SOP_CLASS.encode("ascii"), b"\x00")),  # AffectedSOPClassUID
-            (0x0100, _us(0x0030)),  # CommandField: C-ECHO-RQ
-            (0x0110, _us(message_id)),  # MessageID
-            (0x0800, _us(0x0101)),  # CommandDataSetType: no data set
-        ])
-        _REQUEST_CACHE[key] = _pdata(CONTEXT_ECHO, 0x03, command)
-    return _REQUEST_CACHE[key]
-
-
-def find_identifier_bytes():
-    """Return the harmless STUDY-level query, encoded: a universal match that asks only for
-    the Study Instance UID, the one return key every study has and that names no patient."""
-    return (
-        _element(0x0008, 0x0052, _even(b"STUDY", b" "))  # QueryRetrieveLevel
-        + _element(0x0020, 0x000D, b"")  # StudyInstanceUID, universal match
+def _message_pdus(message, context_id, peer_max_pdu):
+    """Encode a DIMSE message as P-DATA-TF PDUs that respect the peer's maximum length."""
+    return b"".join(
+        pn_pdu.P_DATA_TF(primitive).encode() for primitive in message.encode_msg(context_id, peer_max_pdu)
     )
 
 
-def find_rq_bytes(message_id=1):
+def echo_request(peer_max_pdu, message_id=1):
+    """Return the P-DATA-TF PDUs of a C-ECHO-RQ (PS3.7 9.3.5)."""
+    primitive = dimse_primitives.C_ECHO()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = VERIFICATION_SOP_CLASS
+    message = dimse_messages.C_ECHO_RQ()
+    message.primitive_to_message(primitive)
+    return _message_pdus(message, OPERATIONS["echo"]["context_id"], peer_max_pdu)
+
+
+def find_identifier():
+    """The harmless STUDY-level query: a universal match that asks only for the Study
+    Instance UID, the one return key every study has and that names no patient."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    return identifier
+
+
+def find_request(peer_max_pdu, message_id=1):
     """Return the P-DATA-TF PDUs of a STUDY-level C-FIND-RQ on the Study Root context."""
-    key = ("find", message_id)
-    if key not in _REQUEST_CACHE:
-        command = _command_set([
-            (0x0002, _even(STUDY_ROOT_FIND.encode("ascii"), b"\x00")),  # AffectedSOPClassUID
-            (0x0100, _us(0x0020)),  # CommandField: C-FIND-RQ
-            (0x0110, _us(message_id)),  # MessageID
-            (0x0700, _us(2)),  # Priority low: a verifier must not crowd out clinical traffic
-            (0x0800, _us(0x0001)),  # CommandDataSetType: a data set follows
-        ])
-        _REQUEST_CACHE[key] = _pdata(CONTEXT_FIND, 0x03, command) + _pdata(CONTEXT_FIND, 0x02, find_identifier_bytes())
-    return _REQUEST_CACHE[key]
+    primitive = dimse_primitives.C_FIND()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = STUDY_ROOT_FIND
+    # Low priority: a verifier must not crowd out clinical traffic.
+    primitive.Priority = 2
+    primitive.Identifier = BytesIO(dsutils.encode(find_identifier(), True, True))
+    message = dimse_messages.C_FIND_RQ()
+    message.primitive_to_message(primitive)
+    return _message_pdus(message, OPERATIONS["find"]["context_id"], peer_max_pdu)
+
+
+def cancel_request(message_id=1, context_id=3):
+    """Return a C-CANCEL-RQ for the request ``message_id`` (PS3.7 9.3.2.3)."""
+    primitive = dimse_primitives.C_CANCEL()
+    primitive.MessageIDBeingRespondedTo = message_id
+    message = dimse_messages.C_CANCEL_RQ()
+    message.primitive_to_message(primitive)
+    return _message_pdus(message, context_id, 0)
+
+
+def probe_instance():
+    """Return one synthetic Secondary Capture instance, clearly marked as a probe.
+
+    Fresh UIDs under the 2.25 root every time, so a store is never mistaken for a resend of
+    an earlier one; 4 x 4 pixels of 8-bit grey, the smallest image every viewer shows.
+    """
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE_STORAGE
+    ds.SOPInstanceUID = generate_uid(prefix=None)
+    ds.StudyInstanceUID = generate_uid(prefix=None)
+    ds.SeriesInstanceUID = generate_uid(prefix=None)
+    ds.PatientName = PROBE_PATIENT_NAME
+    ds.PatientID = PROBE_PATIENT_ID
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyDescription = PROBE_STUDY_DESCRIPTION
+    ds.SeriesDescription = PROBE_STUDY_DESCRIPTION
+    ds.StudyID = "DICOMSEC"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = 4
+    ds.Columns = 4
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(range(0, 256, 16))
+    return ds
+
+
+def store_request(instance, peer_max_pdu, message_id=1):
+    """Return the P-DATA-TF PDUs of a C-STORE-RQ carrying ``instance`` (PS3.7 9.3.1)."""
+    primitive = dimse_primitives.C_STORE()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = instance.SOPClassUID
+    primitive.AffectedSOPInstanceUID = instance.SOPInstanceUID
+    primitive.Priority = 2
+    primitive.DataSet = BytesIO(dsutils.encode(instance, True, True))
+    message = dimse_messages.C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    return _message_pdus(message, OPERATIONS["store"]["context_id"], peer_max_pdu)
 
 
 # ---------------------------------------------------------------------------------------
-# Decoding
+# Answers
 # ---------------------------------------------------------------------------------------
 
 
@@ -378,7 +421,10 @@ def parse_header(header):
 
 
 def check_answer_header(pdu_type, length):
-    """Raise ProtocolError unless the header can start an answer to an A-ASSOCIATE-RQ."""
+    """Raise ProtocolError unless the header can start an answer to an A-ASSOCIATE-RQ.
+
+    Runs on the 6-byte header alone, before any body is read.
+    """
     if pdu_type not in (PDU_ASSOCIATE_AC, PDU_ASSOCIATE_RJ, PDU_ABORT):
         raise ProtocolError(
             "peer answered with %s instead of A-ASSOCIATE-AC/RJ or A-ABORT"
@@ -402,105 +448,56 @@ def describe_pdu_type(pdu_type):
     return "non-DICOM data (first byte 0x%02x)" % pdu_type
 
 
-def decode_reject(pdu):
-    """Return the reject dict from a whole A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
-    return reject_names(pdu[7], pdu[8], pdu[9])
-
-
-def decode_abort(pdu):
-    """Return the abort dict from a whole A-ABORT PDU (PS3.8 9.3.8)."""
-    return abort_names(pdu[8], pdu[9])
-
-
-def parse_accept(pdu):
-    """Read what a verifier needs from an A-ASSOCIATE-AC, by walking its items directly.
-
-    Same result as :func:`decode_accept` (the tests hold the two to each other), at a tenth
-    of the cost: pynetdicom validates every UID with regular expressions, which dominates
-    an audit of thousands of associations.  Every length is checked against its container,
-    so a malformed PDU raises ProtocolError instead of reading out of bounds.
-    """
-    if len(pdu) < 74 or pdu[0] != PDU_ASSOCIATE_AC:
-        raise ProtocolError("malformed A-ASSOCIATE-AC: shorter than its fixed fields")
-    contexts = {}
-    max_pdu = 0
-    identity = {"present": False, "length": 0, "server_response": None}
-    seen_user_info = False
-    offset = 74
-    end = len(pdu)
-    while offset < end:
-        if end - offset < 4:
-            raise ProtocolError("malformed A-ASSOCIATE-AC: truncated item header")
-        item_type = pdu[offset]
-        item_length = struct.unpack(">H", pdu[offset + 2:offset + 4])[0]
-        body_start = offset + 4
-        body_end = body_start + item_length
-        if body_end > end:
-            raise ProtocolError("malformed A-ASSOCIATE-AC: item 0x%02x overruns the PDU" % item_type)
-        if item_type == 0x21:
-            if item_length < 4:
-                raise ProtocolError("malformed A-ASSOCIATE-AC: short presentation context item")
-            contexts[pdu[body_start]] = pdu[body_start + 2]
-        elif item_type == 0x50:
-            seen_user_info = True
-            sub = body_start
-            while sub < body_end:
-                if body_end - sub < 4:
-                    raise ProtocolError("malformed A-ASSOCIATE-AC: truncated user information sub-item")
-                sub_type = pdu[sub]
-                sub_length = struct.unpack(">H", pdu[sub + 2:sub + 4])[0]
-                sub_end = sub + 4 + sub_length
-                if sub_end > body_end:
-                    raise ProtocolError("malformed A-ASSOCIATE-AC: sub-item 0x%02x overruns its item" % sub_type)
-                if sub_type == 0x51 and sub_length == 4:
-                    max_pdu = struct.unpack(">I", pdu[sub + 4:sub_end])[0]
-                elif sub_type == 0x59:
-                    if sub_length < 2:
-                        raise ProtocolError("malformed A-ASSOCIATE-AC: short user identity sub-item")
-                    response_length = struct.unpack(">H", pdu[sub + 4:sub + 6])[0]
-                    if 2 + response_length > sub_length:
-                        raise ProtocolError("malformed A-ASSOCIATE-AC: user identity response overruns its sub-item")
-                    response = pdu[sub + 6:sub + 6 + response_length]
-                    identity = {"present": True, "length": len(response), "server_response": _b64(response)}
-                sub = sub_end
-        elif item_type not in (0x10,):
-            raise ProtocolError("malformed A-ASSOCIATE-AC: unexpected item type 0x%02x" % item_type)
-        offset = body_end
-    if not seen_user_info:
-        raise ProtocolError("malformed A-ASSOCIATE-AC: no user information item")
-    return {"contexts": contexts, "max_pdu": max_pdu, "identity_response": identity}
-
-
-def decode_accept(pdu):
-    """Decode an A-ASSOCIATE-AC with pynetdicom's PDU classes (the reference for
-    :func:`parse_accept`; imports pynetdicom, so it is not used on the probe's path).
-
-    Returns a dict with ``contexts`` (context id -> result, 0 is acceptance),
-    ``max_pdu`` (the peer's maximum PDU length, 0 is unlimited) and ``identity_response``.
-    Raises ProtocolError on a malformed PDU.
-    """
-    from pynetdicom.pdu import A_ASSOCIATE_AC
-
-    ac = A_ASSOCIATE_AC()
+def _decode(pdu_class, data, what):
+    """Decode a whole PDU with pynetdicom; any failure of the library is a ProtocolError."""
+    decoded = pdu_class()
     try:
-        ac.decode(pdu)
-        contexts = {}
-        for item in ac.presentation_context:
-            contexts[item.context_id] = item.result_reason
-        user_info = ac.user_information
-        max_pdu = 0
+        with warnings.catch_warnings():
+            # pydicom warns about values a hostile peer may send (an invalid UID); the
+            # module's output is JSON and must not carry them.
+            warnings.simplefilter("ignore")
+            decoded.decode(data)
+    except Exception as exc:  # the library raises several types (struct, assertion, key) on bad input
+        raise ProtocolError("malformed %s: %s" % (what, exc or type(exc).__name__))
+    return decoded
+
+
+def decode_reject(data):
+    """Return the reject dict from a whole A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+    reject = _decode(pn_pdu.A_ASSOCIATE_RJ, data, "A-ASSOCIATE-RJ")
+    return reject_names(reject.result, reject.source, reject.reason_diagnostic)
+
+
+def decode_abort(data):
+    """Return the abort dict from a whole A-ABORT PDU (PS3.8 9.3.8)."""
+    abort = _decode(pn_pdu.A_ABORT_RQ, data, "A-ABORT")
+    return abort_names(abort.source, abort.reason_diagnostic)
+
+
+def decode_accept(data):
+    """Read what a verifier needs from an A-ASSOCIATE-AC decoded by pynetdicom.
+
+    Returns a dict with ``contexts`` (context id -> result, 0 is acceptance), ``max_pdu``
+    (the peer's maximum PDU length, 0 is unlimited) and ``identity_response``.
+    """
+    accept = _decode(pn_pdu.A_ASSOCIATE_AC, data, "A-ASSOCIATE-AC")
+    try:
+        contexts = dict((item.context_id, item.result_reason) for item in accept.presentation_context)
+        user_info = accept.user_information
+        if user_info is None:
+            # PS3.8 9.3.3.3: the maximum length sub-item, and so the item, is mandatory.
+            raise ProtocolError("malformed A-ASSOCIATE-AC: no user information item")
+        max_pdu = user_info.maximum_length or 0
         identity = {"present": False, "length": 0, "server_response": None}
-        if user_info is not None:
-            max_pdu = user_info.maximum_length or 0
-            if user_info.user_identity is not None:
-                response = user_info.user_identity.response or b""
-                identity = {
-                    "present": True,
-                    "length": len(response),
-                    "server_response": _b64(response),
-                }
-    except Exception as exc:  # the library raises several types on malformed input
-        raise ProtocolError("malformed A-ASSOCIATE-AC: %s" % exc)
+        if user_info.user_identity is not None:
+            response = user_info.user_identity.server_response or b""
+            identity = {"present": True, "length": len(response), "server_response": _b64(response)}
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError("malformed A-ASSOCIATE-AC: %s" % (exc or type(exc).__name__))
+    if 0 < max_pdu < MIN_PEER_MAX_PDU:
+        raise ProtocolError("A-ASSOCIATE-AC announces a maximum PDU length of %d bytes, too small for any command" % max_pdu)
     return {"contexts": contexts, "max_pdu": max_pdu, "identity_response": identity}
 
 
@@ -508,58 +505,69 @@ def _b64(data):
     return base64.b64encode(data).decode("ascii")
 
 
-def split_pdvs(body):
-    """Yield (context id, control header, data) for each PDV in a P-DATA-TF body."""
-    offset = 0
-    end = len(body)
-    while offset < end:
-        if end - offset < 6:
-            raise ProtocolError("truncated presentation data value item")
-        item_length = struct.unpack(">I", body[offset:offset + 4])[0]
-        if item_length < 2 or offset + 4 + item_length > end:
-            raise ProtocolError("presentation data value item length %d is inconsistent" % item_length)
-        context_id = body[offset + 4]
-        control = body[offset + 5]
-        yield context_id, control, body[offset + 6:offset + 4 + item_length]
-        offset += 4 + item_length
+def decode_pdata(data):
+    """Return the (context id, PDV bytes with control header) pairs of a whole P-DATA-TF."""
+    pdata = _decode(pn_pdu.P_DATA_TF, data, "P-DATA-TF")
+    items = []
+    for item in pdata.presentation_data_value_items:
+        value = item.presentation_data_value or b""
+        if not value:
+            raise ProtocolError("presentation data value without a message control header")
+        items.append((item.presentation_context_id, value))
+    return items
 
 
-# The command elements a verifier reads (PS3.7 Table E.1-1), all of VR US.
-_COMMAND_FIELD = 0x0100
-_COMMAND_DATA_SET_TYPE = 0x0800
-_STATUS = 0x0900
-_COMMAND_WANTED = (_COMMAND_FIELD, _COMMAND_DATA_SET_TYPE, _STATUS)
+class MessageReader:
+    """Assembles one DIMSE message from presentation data values, with pynetdicom.
 
-
-def decode_command(command_bytes):
-    """Return (status, command field, has data set) from an encoded DIMSE command set.
-
-    Command sets are always implicit VR little endian (PS3.7 6.3.1); elements are walked
-    with every length checked against the buffer, other elements are skipped unread.
+    Fragments are fed one PDV at a time, so a PDU that ends one message and starts the
+    next loses nothing, and their sizes are counted before the library buffers them.
     """
-    values = {}
-    offset = 0
-    end = len(command_bytes)
-    while offset < end:
-        if end - offset < 8:
-            # A stray tail shorter than an element header is ignored, as pydicom does.
-            break
-        group, element, length = struct.unpack_from("<HHI", command_bytes, offset)
-        offset += 8
-        if length > end - offset:
-            raise ProtocolError(
-                "malformed DIMSE command set: element (%04x,%04x) of %d bytes overruns the command"
-                % (group, element, length)
-            )
-        if group == 0x0000 and element in _COMMAND_WANTED:
-            if length != 2:
-                raise ProtocolError(
-                    "malformed DIMSE command set: (0000,%04x) has %d bytes, US has 2" % (element, length)
-                )
-            values[element] = struct.unpack_from("<H", command_bytes, offset)[0]
-        offset += length
-    data_set_type = values.get(_COMMAND_DATA_SET_TYPE)
-    return values.get(_STATUS), values.get(_COMMAND_FIELD), data_set_type is not None and data_set_type != 0x0101
+
+    def __init__(self):
+        self.message = dimse_messages.DIMSEMessage()
+        self.command_bytes = 0
+        self.data_bytes = 0
+        self.command_done = False
+
+    def feed(self, context_id, value):
+        """Add one PDV; return True when the message is complete."""
+        control = value[0]
+        if control & 0x01:
+            if self.command_done:
+                raise ProtocolError("command fragment after the command set was complete")
+            self.command_bytes += len(value) - 1
+            if self.command_bytes > MAX_COMMAND_SET:
+                raise ProtocolError("DIMSE command set larger than %d bytes" % MAX_COMMAND_SET)
+        else:
+            if not self.command_done:
+                raise ProtocolError("data set fragment where a command was expected")
+            self.data_bytes += len(value) - 1
+            if self.data_bytes > MAX_RESPONSE_DATA_SET:
+                raise ProtocolError("response data set larger than %d bytes" % MAX_RESPONSE_DATA_SET)
+        primitive = pdu_primitives.P_DATA()
+        primitive.presentation_data_value_list = [[context_id, value]]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                done = self.message.decode_msg(primitive)
+        except Exception as exc:  # pydicom and the message table raise several types
+            raise ProtocolError("malformed DIMSE message: %s" % (exc or type(exc).__name__))
+        if control & 0x03 == 0x03:
+            self.command_done = True
+        return done
+
+    def command(self):
+        """Return (command field, message id being responded to, status, has data set)."""
+        command_set = self.message.command_set
+        try:
+            field = command_set.CommandField
+            responded_to = command_set.get("MessageIDBeingRespondedTo")
+            status = command_set.get("Status")
+            data_set_type = command_set.get("CommandDataSetType")
+        except Exception as exc:
+            raise ProtocolError("malformed DIMSE command set: %s" % (exc or type(exc).__name__))
+        return field, responded_to, status, data_set_type not in (None, 0x0101)
 
 
 def status_category(status):

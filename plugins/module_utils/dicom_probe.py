@@ -1,124 +1,146 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to the dicomsec.hardening collection
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""An association engine that classifies outcomes from the bytes on the wire.
+"""An association engine on asyncio that classifies outcomes from the bytes on the wire.
 
 One probe opens a TCP (optionally TLS) connection, sends an A-ASSOCIATE-RQ, reads exactly
-one answer PDU and names what happened: ``accepted``, ``rejected``, ``aborted``,
-``refused``, ``timeout`` or ``tls_failed``.  If the association was accepted it may run a
-C-ECHO or a count-only C-FIND, and then releases.
+one answer PDU and names what happened to the association: ``accepted``, ``rejected``,
+``aborted``, ``refused``, ``timeout`` or ``tls_failed``.  If the association was accepted
+it may run one operation (C-ECHO, a count-only C-FIND or a C-STORE of one synthetic
+instance), reported apart from the association as ``operation``, and then releases.
 
-Why not pynetdicom's Association: under heavy concurrency it has been seen to report an
-A-ASSOCIATE-RJ as an abort, because its state machine can see the peer's close before it
-has parsed the reject.  Here the answer is read into a buffer that a close cannot discard,
-and the outcome is decided from the PDU type byte.  Probes are generator tasks on the
-scheduler in dicom_loop, so hundreds of them share one thread, and every probe has a hard
-deadline, so a silent, trickling or giant-talking peer costs at most the timeout.
+The wire format is pynetdicom's (see dicom_pdu).  What this file owns is what the library
+cannot give a verifier:
 
-The ssl module is imported only when a probe or a check uses TLS: a plain audit does not
-pay its start-up cost.
+- the transport: TCP or TLS from a chosen source address, with the TLS facts reported;
+- reads bounded against hostile peers: a declared length is checked before the body is
+  read, the receive buffer stops reading when it is full, and bytes that arrived before a
+  close or reset are always handed out first, so a server that sends an A-ASSOCIATE-RJ
+  and resets at once is a reject, not an abort.  pynetdicom's ``Association`` is not used
+  for the handshake: its state machine has been seen, under concurrency, to see the
+  peer's close before it had parsed the reject.  asyncio's StreamReader has the same
+  trait (an error set by the transport is raised before buffered bytes are read), hence
+  the small Protocol below;
+- hard deadlines: a silent, trickling or giant-talking peer costs at most the timeout;
+- concurrency: probes are asyncio tasks sharing one event loop and one semaphore.
 """
 
 from __future__ import annotations
 
 __metaclass__ = type
 
+import asyncio
 import errno
 import os
 import socket
+import ssl
+import threading
 import time
 import warnings
 
-from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_loop as loop
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu as pdu
 
 OUTCOMES = ("accepted", "rejected", "aborted", "refused", "timeout", "tls_failed")
-DIMSE_CHOICES = ("echo", "find", "none")
-# Lowest first; compared by position, so the ssl module is not needed to validate them.
-# dicom_args offers the same names as the modules' choices.
+OPERATION_RESULTS = (
+    "success", "warning", "failure", "cancel", "context_rejected", "aborted", "closed", "timeout", "protocol_error",
+    "not_sent",
+)
+DIMSE_CHOICES = ("echo", "find", "store", "none")
+# Lowest first; dicom_args offers the same names as the modules' choices.
 TLS_VERSION_NAMES = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 # Stop counting C-FIND matches here and cancel: the count is evidence of exposure, and a
 # verifier must not pull a whole archive's index.
 MAX_FIND_MATCHES = 1000
-# 64 KiB: a larger buffer is allocated with mmap and freed again on every call, which
-# costs more than an association's whole answer on loopback.
-RECV_SIZE = 65536
-
-
-def _ssl():
-    import ssl  # pylint: disable=import-outside-toplevel
-
-    return ssl
+# Stop reading from a peer once this much is buffered and unread; reading resumes when the
+# probe needs more.  A flood costs this much memory, not all the peer can send.
+MAX_BUFFERED = 4 * pdu.MAX_PDATA_ACCEPTED
+# Descriptors kept free for the interpreter, the event loop and TLS when concurrency is
+# capped by the process's open-file limit.
+FD_RESERVE = 64
 
 
 class _Closed(Exception):
-    """The peer closed or reset the connection; ``error`` is the socket's exception."""
+    """The peer closed or reset the connection; ``error`` is the transport's exception."""
 
     def __init__(self, error=None):
         Exception.__init__(self, str(error) if error else "connection closed by peer")
         self.error = error
 
 
-class _Connection:
-    """A non-blocking socket with a receive buffer that a close or reset cannot discard.
+class _AbortedByPeer(Exception):
+    def __init__(self, names):
+        Exception.__init__(self, "aborted by peer")
+        self.names = names
 
-    Bytes already received are always handed out before a close is reported: a server
-    that sends an A-ASSOCIATE-RJ and resets at once must not look like an abort.  Reads
-    and sends are generators that suspend on the scheduler only when the socket would block.
+
+class _AddressFamilyMismatch(OSError):
+    """The source address and the destination share no address family."""
+
+
+class _Stream(asyncio.Protocol):
+    """A connection whose receive buffer a close or reset cannot discard.
+
+    Bytes already received are always handed out before a close is reported; reading
+    pauses while more than MAX_BUFFERED bytes wait unread.
     """
 
-    # What a recv or send raises when it has to wait for readability or writability.
-    _recv_waits_read = (BlockingIOError, InterruptedError)
-    _recv_waits_write = ()
-    _send_waits_read = ()
-    _send_waits_write = (BlockingIOError, InterruptedError)
-    # More bytes are needed only after a request went out, and its answer is almost never
-    # there yet: waiting first saves a failed recv per answer.  A plain socket keeps no
-    # bytes in user space, so its readiness report cannot miss any.
-    _wait_before_recv = True
-
-    def __init__(self, sock):
-        self.sock = sock
+    def __init__(self):
+        self.transport = None
         self.buffer = bytearray()
         self.closed = False
         self.error = None
+        self._waiter = None
+        self._paused = False
 
-    def _recv(self):
-        """Receive once into the buffer; suspend while nothing is there."""
-        if self._wait_before_recv:
-            yield loop.wait_io(self.sock, loop.READ)
-        while True:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except self._recv_waits_read:
-                yield loop.wait_io(self.sock, loop.READ)
-                continue
-            except self._recv_waits_write:
-                yield loop.wait_io(self.sock, loop.WRITE)
-                continue
-            except OSError as exc:
-                self.closed, self.error = True, exc
-                return
-            if not data:
-                # A TCP close; over TLS a close_notify, or a close without one
-                # (suppress_ragged_eofs).
-                self.closed = True
-                return
-            self.buffer += data
-            return
+    # asyncio.Protocol callbacks
 
-    def read_exactly(self, count):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buffer += data
+        if len(self.buffer) > MAX_BUFFERED and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self):
+        self.closed = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self):
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # what the probe uses
+
+    async def read_exactly(self, count):
         while len(self.buffer) < count:
             if self.closed:
                 raise _Closed(self.error)
-            yield from self._recv()
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         data = bytes(self.buffer[:count])
         del self.buffer[:count]
         return data
 
-    def read_pdu(self, max_length):
+    async def read_pdu(self, max_length):
         """Read one PDU; raise ProtocolError before reading a body longer than max_length."""
-        header = yield from self.read_exactly(6)
+        header = await self.read_exactly(6)
         pdu_type, length = pdu.parse_header(header)
         if pdu_type not in pdu.PDU_NAMES:
             raise pdu.ProtocolError("peer sent %s" % pdu.describe_pdu_type(pdu_type))
@@ -127,115 +149,24 @@ class _Connection:
                 "%s declares %d bytes, more than the %d accepted; not read"
                 % (pdu.PDU_NAMES[pdu_type], length, max_length)
             )
-        body = yield from self.read_exactly(length)
+        body = await self.read_exactly(length)
         return pdu_type, header + body
 
     def send(self, data):
-        """Send all of ``data``; a failure is left for the next read to report.
-
-        After a would-block the same bytes are offered again, as OpenSSL requires.
-        """
-        data = bytes(data)
-        while data and not self.closed:
-            try:
-                sent = self.sock.send(data)
-            except self._send_waits_write:
-                yield loop.wait_io(self.sock, loop.WRITE)
-                continue
-            except self._send_waits_read:
-                yield loop.wait_io(self.sock, loop.READ)
-                continue
-            except OSError:
-                return
-            data = data[sent:]
+        """Queue ``data``; a failure is left for the next read to report."""
+        if not self.closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def close(self):
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
 
 
-class _TlsConnection(_Connection):
-    """The same over a non-blocking SSLSocket, whose would-block signals are SSL errors.
-
-    OpenSSL may hold decrypted bytes that the socket no longer reports as readable, so
-    a TLS connection tries recv before it waits.
-    """
-
-    _wait_before_recv = False
-
-    def __init__(self, sock):
-        _Connection.__init__(self, sock)
-        ssl = _ssl()
-        self._recv_waits_read = (ssl.SSLWantReadError, BlockingIOError, InterruptedError)
-        self._recv_waits_write = (ssl.SSLWantWriteError,)
-        self._send_waits_read = (ssl.SSLWantReadError,)
-        self._send_waits_write = (ssl.SSLWantWriteError, BlockingIOError, InterruptedError)
-
-    def handshake(self):
-        while True:
-            try:
-                self.sock.do_handshake()
-                return
-            except self._send_waits_read:
-                yield loop.wait_io(self.sock, loop.READ)
-            except self._recv_waits_write:
-                yield loop.wait_io(self.sock, loop.WRITE)
-
-
-class _Resolution:
-    """A host name lookup on a daemon thread, so a dead resolver cannot outlast a timeout."""
-
-    def __init__(self, host, port):
-        self.addresses = None
-        self.error = None
-        # Imported here: numeric addresses, the audit's usual case, need no thread.
-        import threading  # pylint: disable=import-outside-toplevel
-
-        self.done = threading.Event()
-        thread = threading.Thread(target=self._lookup, args=(host, port))
-        thread.daemon = True
-        thread.start()
-
-    def _lookup(self, host, port):
-        try:
-            self.addresses = [
-                (family, address)
-                for family, dummy_type, dummy_proto, dummy_name, address in socket.getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM
-                )
-            ]
-        except OSError as exc:
-            self.error = exc
-        except Exception as exc:  # e.g. UnicodeError for "a..b" or a label over 63 characters
-            self.error = socket.gaierror(socket.EAI_NONAME, "%s is not a usable host name (%s)" % (host, exc))
-        finally:
-            self.done.set()
-
-    def wait(self):
-        delay = 0.001
-        while not self.done.is_set():
-            yield loop.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        if self.error is not None:
-            raise self.error
-        return self.addresses
-
-
-_RESOLUTIONS = {}
-
-
-def _resolve(host, port):
-    """Addresses for host (numeric ones without a lookup), as (family, sockaddr) pairs."""
-    family = _numeric_family(host)
-    if family is not None:
-        return [(family, (host, port))]
-    key = (host, port)
-    if key not in _RESOLUTIONS or _RESOLUTIONS[key].error is not None:
-        _RESOLUTIONS[key] = _Resolution(host, port)
-    addresses = yield from _RESOLUTIONS[key].wait()
-    return addresses
-
+# ---------------------------------------------------------------------------------------
+# Name lookup: on a daemon thread, so a dead resolver costs at most the probe's timeout
+# and never holds up the end of the run (asyncio's default executor would be joined).
+# ---------------------------------------------------------------------------------------
 
 _FAMILIES = {}
 
@@ -253,6 +184,69 @@ def _numeric_family(host):
             break
         _FAMILIES[host] = family
     return _FAMILIES[host]
+
+
+def _lookup(host, port):
+    try:
+        return [
+            (family, address)
+            for family, dummy_type, dummy_proto, dummy_name, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        ]
+    except OSError as exc:
+        return exc
+    except Exception as exc:  # e.g. UnicodeError for "a..b" or a label over 63 characters
+        return socket.gaierror(socket.EAI_NONAME, "%s is not a usable host name (%s)" % (host, exc))
+
+
+class _Lookups:
+    """One lookup per (host, port) per run, shared by every probe that needs it."""
+
+    def __init__(self):
+        self.futures = {}
+
+    def resolve(self, host, port):
+        key = (host, port)
+        future = self.futures.get(key)
+        if future is None or (future.done() and isinstance(future.result(), Exception)):
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            self.futures[key] = future
+
+            def work():
+                answer = _lookup(host, port)
+                try:
+                    loop.call_soon_threadsafe(_settle, future, answer)
+                except RuntimeError:  # the run ended before the resolver answered
+                    pass
+
+            thread = threading.Thread(target=work)
+            thread.daemon = True
+            thread.start()
+        return future
+
+
+def _settle(future, answer):
+    if not future.done():
+        future.set_result(answer)
+
+
+async def _resolve(lookups, host, port):
+    """Addresses for host (numeric ones without a lookup), as (family, sockaddr) pairs."""
+    family = _numeric_family(host)
+    if family is not None:
+        return [(family, (host, port))]
+    # shield: a probe's deadline must not cancel a lookup other probes share.
+    answer = await asyncio.shield(lookups.resolve(host, port))
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+# ---------------------------------------------------------------------------------------
+# TLS options
+# ---------------------------------------------------------------------------------------
 
 
 def tls_options_error(tls):
@@ -290,11 +284,10 @@ def make_ssl_context(tls):
 
 def _tls_version(name):
     """ssl.TLSVersion member for "TLSv1.2" and the like (TLSv1_2)."""
-    return getattr(_ssl().TLSVersion, name.replace(".", "_"))
+    return getattr(ssl.TLSVersion, name.replace(".", "_"))
 
 
 def _make_ssl_context(tls):
-    ssl = _ssl()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     min_version = tls.get("min_version") or "TLSv1.2"
     max_version = tls.get("max_version")
@@ -323,6 +316,37 @@ def _make_ssl_context(tls):
             tls["cert_file"], tls.get("key_file") or None, password=tls.get("key_password") or None
         )
     return context
+
+
+def _peer_subject(ssl_object):
+    """Return the peer certificate's subject as an RFC 4514 string, or None."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    try:
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except Exception:  # cryptography missing or certificate unparsable: fall back
+        pass
+    cert = ssl_object.getpeercert()
+    if cert and cert.get("subject"):
+        return ",".join("%s=%s" % pair for rdn in reversed(cert["subject"]) for pair in rdn)
+    return None
+
+
+def _ssl_reason(exc):
+    if exc is None:
+        return "unknown"
+    reason = getattr(exc, "reason", None)
+    return reason or str(exc)
+
+
+# ---------------------------------------------------------------------------------------
+# Request validation
+# ---------------------------------------------------------------------------------------
 
 
 def bind_address_error(address):
@@ -366,23 +390,9 @@ def validate_request(req):
     return errors
 
 
-def _peer_subject(ssl_object):
-    """Return the peer certificate's subject as an RFC 4514 string, or None."""
-    if ssl_object is None:
-        return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    try:
-        from cryptography import x509
-
-        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    except Exception:  # cryptography missing or certificate unparsable: fall back
-        pass
-    cert = ssl_object.getpeercert()
-    if cert and cert.get("subject"):
-        return ",".join("%s=%s" % pair for rdn in reversed(cert["subject"]) for pair in rdn)
-    return None
+# ---------------------------------------------------------------------------------------
+# The probe
+# ---------------------------------------------------------------------------------------
 
 
 def _new_result(req):
@@ -397,9 +407,7 @@ def _new_result(req):
         "identity_response": None,
         "tls": None,
         "dimse": req.get("dimse", "echo"),
-        "dimse_status": None,
-        "dimse_status_category": None,
-        "matches": None,
+        "operation": None,
         "latency_ms": None,
         "elapsed_ms": None,
         "detail": None,
@@ -407,34 +415,48 @@ def _new_result(req):
     }
 
 
+def _new_operation(dimse):
+    operation = {
+        "name": pdu.OPERATIONS[dimse]["name"],
+        "result": None,
+        "succeeded": False,
+        "status": None,
+        "status_category": None,
+        "detail": None,
+    }
+    if dimse == "find":
+        operation["matches"] = 0
+    if dimse == "store":
+        operation["sop_instance_uid"] = None
+        operation["study_instance_uid"] = None
+    return operation
+
+
 class Probe:
     """One association attempt, described by a request dict.
 
     Keys: host, port, called_ae, calling_ae, timeout, bind_address, tls (dict or None),
-    identity (dict or None), dimse (echo/find/none), ssl_context (optional prebuilt),
+    identity (dict or None), dimse (echo/find/store/none), ssl_context (optional prebuilt),
     associate_rq (optional prebuilt request bytes, for many probes with the same request).
     """
 
-    def __init__(self, req):
+    def __init__(self, req, lookups=None):
         self.req = req
         self.result = _new_result(req)
-        self.conn = None
+        self.lookups = lookups or _Lookups()
+        self.stream = None
         self.phase = "connect"
         self.tls_used = bool(req.get("tls") and req["tls"].get("enabled"))
         self.ended = False  # an A-ABORT was sent or received: nothing left to release
         self._start = None
 
-    def job(self):
-        """This probe as a scheduler job with its own deadline."""
-        return loop.Job(self.run(), self.req.get("timeout", 10))
-
-    def run(self):
-        """The probe as a generator task; returns the result dict."""
-        start = time.perf_counter()
-        self._start = start
+    async def run(self):
+        """Run the probe under its deadline; return the result dict."""
+        self._start = time.perf_counter()
+        timeout = self.req.get("timeout", 10)
         try:
-            yield from self._run()
-        except loop.DeadlineExceeded:
+            await asyncio.wait_for(self._run(), timeout)
+        except asyncio.TimeoutError:
             self._on_timeout()
         except Exception as exc:  # never let one hostile peer take the whole run down
             if self.result["outcome"] is None:
@@ -443,9 +465,9 @@ class Probe:
             elif not self.result["detail"]:
                 self.result["detail"] = "error after the association answer: %s" % exc
         finally:
-            if self.conn is not None:
-                self.conn.close()
-        self.result["elapsed_ms"] = round((time.perf_counter() - start) * 1000.0, 3)
+            if self.stream is not None:
+                self.stream.close()
+        self.result["elapsed_ms"] = round((time.perf_counter() - self._start) * 1000.0, 3)
         return self.result
 
     def _on_timeout(self):
@@ -453,68 +475,74 @@ class Probe:
         if self.result["outcome"] is None:
             self.result["outcome"] = "timeout"
             self.result["detail"] = "no answer within %ss (waiting during %s)" % (timeout, self.phase)
-        else:
-            # The association answer arrived; only what came after it ran out of time.
-            note = "timed out after the association answer, during %s" % self.phase
-            detail = self.result["detail"]
-            self.result["detail"] = "%s; %s" % (detail, note) if detail else note
+            return
+        operation = self.result["operation"]
+        if operation is not None and operation["result"] is None:
+            operation["result"] = "timeout"
+            operation["detail"] = "no response within %ss" % timeout
+        # The association answer arrived; only what came after it ran out of time.
+        note = "timed out after the association answer, during %s" % self.phase
+        detail = self.result["detail"]
+        self.result["detail"] = "%s; %s" % (detail, note) if detail else note
 
-    def _connect(self, first):
-        """Connect and send ``first`` (the request).
+    def _finish(self, outcome, detail=None):
+        self.result["outcome"] = outcome
+        if detail:
+            self.result["detail"] = detail
 
-        Returns the connection, or None when the outcome is already decided.
-        """
-        self.phase = "connect"
+    def _latency(self):
+        self.result["latency_ms"] = round((time.perf_counter() - self._start) * 1000.0, 3)
+
+    # --- transport ------------------------------------------------------------------
+
+    async def _connect(self):
+        """Connect (and shake hands over TLS); return the stream, or None when the outcome
+        is already decided."""
+        req = self.req
+        loop = asyncio.get_running_loop()
         try:
             # Built before connecting: a context that cannot be built leaves no socket open.
-            context = (self.req.get("ssl_context") or make_ssl_context(self.req["tls"])) if self.tls_used else None
-            addresses = yield from _resolve(self.req["host"], self.req["port"])
-            sock, sent = yield from self._connect_tcp(addresses, None if self.tls_used else first)
-            if not self.tls_used:
-                self.conn = _Connection(sock)
-                if sent < len(first):
-                    yield from self.conn.send(first[sent:])
-                return self.conn
-            self.phase = "TLS handshake"
-            yield from self._start_tls(sock, context)
-            yield from self.conn.send(first)
-            return self.conn
+            context = (req.get("ssl_context") or make_ssl_context(req["tls"])) if self.tls_used else None
+            addresses = await _resolve(self.lookups, req["host"], req["port"])
+            sock = await self._connect_tcp(loop, addresses)
         except OSError as exc:
             return self._connect_failed(exc)
-
-    def _connect_failed(self, exc):
-        ssl = _ssl() if self.tls_used else None
-        if ssl is not None and isinstance(exc, ssl.SSLError):
-            return self._finish("tls_failed", "TLS handshake failed: %s" % _ssl_reason(exc))
-        if isinstance(exc, ConnectionRefusedError):
-            return self._finish("refused", "connection refused")
-        if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+        stream = _Stream()
+        try:
             if self.tls_used:
-                return self._finish("tls_failed", "connection closed during the TLS handshake (%s)" % exc)
-            return self._finish("aborted", "connection reset while connecting (%s)" % exc)
-        if isinstance(exc, _AddressFamilyMismatch):
-            return self._finish("refused", str(exc))
-        if isinstance(exc, socket.gaierror):
-            return self._finish("refused", "host name lookup failed: %s" % (exc.strerror or exc))
-        return self._finish("refused", "connection failed: %s" % (exc.strerror or exc))
+                self.phase = "TLS handshake"
+                await loop.create_connection(
+                    lambda: stream, sock=sock, ssl=context,
+                    server_hostname=req["tls"].get("server_name") or req["host"],
+                )
+                ssl_object = stream.transport.get_extra_info("ssl_object")
+                cipher = ssl_object.cipher() if ssl_object is not None else None
+                self.result["tls"] = {
+                    "version": ssl_object.version() if ssl_object is not None else None,
+                    "cipher": cipher[0] if cipher else None,
+                    "peer_subject": _peer_subject(ssl_object),
+                }
+            else:
+                await loop.create_connection(lambda: stream, sock=sock)
+        except OSError as exc:
+            sock.close()
+            return self._connect_failed(exc)
+        except BaseException:
+            sock.close()
+            raise
+        self.stream = stream
+        return stream
 
-    def _connect_tcp(self, addresses, first):
-        """Connect to the first address that answers; on plain TCP send ``first`` at once.
-
-        When the handshake is already complete (on loopback it completes inside connect)
-        the request goes out with the connect and saves waiting for writability; while it
-        is still in progress the send fails with EAGAIN and nothing is queued.
-        Returns the socket and how many bytes of ``first`` went out (0 without ``first``).
-        """
+    async def _connect_tcp(self, loop, addresses):
+        """Connect to the first address that answers; return the connected socket."""
         bind = self.req.get("bind_address")
         if bind:
             bind_family = _numeric_family(bind)
             addresses = [a for a in addresses if a[0] == bind_family]
             if not addresses:
+                version = 6 if bind_family == socket.AF_INET6 else 4
                 raise _AddressFamilyMismatch(
-                    "bind_address %s is IPv%d, and %s has no IPv%d address"
-                    % (bind, 6 if bind_family == socket.AF_INET6 else 4, self.req["host"],
-                       6 if bind_family == socket.AF_INET6 else 4)
+                    "bind_address %s is IPv%d, and %s has no IPv%d address" % (bind, version, self.req["host"], version)
                 )
         error = None
         for family, address in addresses:
@@ -524,23 +552,8 @@ class Probe:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if bind:
                     sock.bind((bind, 0))
-                err = sock.connect_ex(address)
-                if err not in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-                    raise OSError(err, os.strerror(err))  # OSError picks the subclass, e.g. refused
-                sent = None
-                if first is not None:
-                    try:
-                        sent = sock.send(first)
-                    except (BlockingIOError, InterruptedError):
-                        pass
-                if sent is None:
-                    yield loop.wait_io(sock, loop.WRITE)
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
-                        raise OSError(err, os.strerror(err))
-                    if first is not None:
-                        sent = sock.send(first)
-                return sock, sent or 0
+                await loop.sock_connect(sock, address)
+                return sock
             except OSError as exc:
                 sock.close()
                 error = exc
@@ -549,44 +562,33 @@ class Probe:
                 raise
         raise error if error is not None else OSError(errno.EHOSTUNREACH, "no address to connect to")
 
-    def _start_tls(self, sock, context):
-        req = self.req
-        try:
-            tls_sock = context.wrap_socket(
-                sock, server_hostname=req["tls"].get("server_name") or req["host"], do_handshake_on_connect=False
-            )
-        except BaseException:
-            sock.close()
-            raise
-        self.conn = _TlsConnection(tls_sock)
-        yield from self.conn.handshake()
-        cipher = tls_sock.cipher()
-        self.result["tls"] = {
-            "version": tls_sock.version(),
-            "cipher": cipher[0] if cipher else None,
-            "peer_subject": _peer_subject(tls_sock),
-        }
-
-    def _finish(self, outcome, detail=None):
-        self.result["outcome"] = outcome
-        if detail:
-            self.result["detail"] = detail
-        return None
-
-    def _latency(self):
-        self.result["latency_ms"] = round((time.perf_counter() - self._start) * 1000.0, 3)
+    def _connect_failed(self, exc):
+        if isinstance(exc, ssl.SSLError):
+            return self._finish("tls_failed", "TLS handshake failed: %s" % _ssl_reason(exc))
+        if isinstance(exc, ConnectionRefusedError):
+            return self._finish("refused", "connection refused")
+        if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+            if self.phase == "TLS handshake":
+                return self._finish("tls_failed", "connection closed during the TLS handshake (%s)" % exc)
+            return self._finish("aborted", "connection reset while connecting (%s)" % exc)
+        if isinstance(exc, _AddressFamilyMismatch):
+            return self._finish("refused", str(exc))
+        if isinstance(exc, socket.gaierror):
+            return self._finish("refused", "host name lookup failed: %s" % (exc.strerror or exc))
+        if self.phase == "TLS handshake":
+            return self._finish("tls_failed", "TLS handshake failed: %s" % (exc.strerror or exc))
+        return self._finish("refused", "connection failed: %s" % (exc.strerror or exc))
 
     def _closed(self, exc):
         """Classify a close or reset that arrives instead of the association answer."""
         err = exc.error
-        ssl = _ssl() if self.tls_used else None
-        if ssl is not None and isinstance(err, ssl.SSLError):
+        if self.tls_used and isinstance(err, ssl.SSLError):
             # TLS 1.3 finishes the client's handshake before the server has checked the
             # client certificate; the server's verdict arrives as an alert on first read.
             return self._finish("tls_failed", "TLS alert from peer: %s" % _ssl_reason(err))
         what = "reset" if isinstance(err, ConnectionResetError) else "closed"
         tls_version = (self.result.get("tls") or {}).get("version")
-        if tls_version == "TLSv1.3" and what == "reset" and not self.conn.buffer:
+        if tls_version == "TLSv1.3" and what == "reset":
             # In TLS 1.3 the server checks the client certificate after the client has
             # finished its handshake; OpenSSL-based servers then often reset the
             # connection (the request is still unread) before their alert is read.
@@ -595,141 +597,179 @@ class Probe:
                 "connection reset right after the TLS 1.3 handshake, before any DICOM answer; "
                 "the server most likely refused the client certificate",
             )
-        if self.tls_used and self.result.get("tls") and not self.conn.buffer:
+        if self.tls_used and self.result.get("tls"):
             detail = "connection %s over TLS before any DICOM answer" % what
         else:
             detail = "connection %s by peer without an association answer" % what
         return self._finish("aborted", detail)
 
-    def _run(self):
+    # --- association ----------------------------------------------------------------
+
+    async def _run(self):
         req = self.req
+        dimse = req.get("dimse", "echo")
         associate_rq = req.get("associate_rq") or pdu.build_associate_rq(
             req["called_ae"],
             req["calling_ae"],
-            req.get("dimse", "echo"),
+            dimse,
             req.get("identity"),
             positive_response=(req.get("identity") or {}).get("positive_response_requested", False),
         )
-        conn = yield from self._connect(associate_rq)
-        if conn is None:
+        stream = await self._connect()
+        if stream is None:
             self._latency()
             return
+        stream.send(associate_rq)
         self.phase = "association"
         try:
-            header = yield from conn.read_exactly(6)
+            header = await stream.read_exactly(6)
             pdu_type, length = pdu.parse_header(header)
             pdu.check_answer_header(pdu_type, length)
-            answer = header + (yield from conn.read_exactly(length))
+            answer = header + (await stream.read_exactly(length))
         except _Closed as exc:
             self._latency()
             return self._closed(exc)
         except pdu.ProtocolError as exc:
             self._latency()
             self._finish("aborted", "protocol error: %s" % exc)
-            yield from conn.send(pdu.abort_bytes(2, 1))
+            self._abort(2, 1)
             return None
         self._latency()
 
-        if pdu_type == pdu.PDU_ASSOCIATE_RJ:
-            self.result["reject"] = pdu.decode_reject(answer)
-            return self._finish("rejected", None)
-        if pdu_type == pdu.PDU_ABORT:
-            self.result["abort"] = pdu.decode_abort(answer)
-            return self._finish("aborted", "peer answered the request with A-ABORT")
         try:
-            accept = pdu.parse_accept(answer)
+            if pdu_type == pdu.PDU_ASSOCIATE_RJ:
+                self.result["reject"] = pdu.decode_reject(answer)
+                return self._finish("rejected")
+            if pdu_type == pdu.PDU_ABORT:
+                self.result["abort"] = pdu.decode_abort(answer)
+                return self._finish("aborted", "peer answered the request with A-ABORT")
+            accept = pdu.decode_accept(answer)
         except pdu.ProtocolError as exc:
             self._finish("aborted", "protocol error: %s" % exc)
-            yield from conn.send(pdu.abort_bytes(2, 6))
+            self._abort(2, 6)
             return None
         self.result["outcome"] = "accepted"
         self.result["identity_response"] = accept["identity_response"]
         self.result["accepted_contexts"] = sorted(cid for cid, res in accept["contexts"].items() if res == 0)
-        yield from self._dimse(conn, accept)
-        yield from self._release(conn)
+        if dimse != "none":
+            await self._operation(stream, accept, dimse)
+        await self._release(stream)
         return None
 
-    def _dimse(self, conn, accept):
-        dimse = self.req.get("dimse", "echo")
-        if dimse == "none":
-            return
-        context_id = pdu.CONTEXT_FIND if dimse == "find" else pdu.CONTEXT_ECHO
-        if accept["contexts"].get(context_id) != 0:
-            self.result["detail"] = "the %s presentation context was not accepted" % (
-                "Study Root C-FIND" if dimse == "find" else "Verification"
+    def _abort(self, source, reason):
+        if self.stream is not None:
+            self.stream.send(pdu.abort_bytes(source, reason))
+        self.ended = True
+
+    # --- the operation --------------------------------------------------------------
+
+    async def _operation(self, stream, accept, dimse):
+        spec = pdu.OPERATIONS[dimse]
+        operation = _new_operation(dimse)
+        self.result["operation"] = operation
+        context_result = accept["contexts"].get(spec["context_id"])
+        if context_result != 0:
+            operation["result"] = "context_rejected"
+            operation["detail"] = "the server did not accept the %s presentation context (%s)" % (
+                spec["name"], "not answered" if context_result is None else "result %d" % context_result
             )
             return
-        self.phase = "C-FIND" if dimse == "find" else "C-ECHO"
-        yield from conn.send(pdu.find_rq_bytes() if dimse == "find" else pdu.echo_rq_bytes())
-        matches = 0
+        self.phase = spec["name"]
+        peer_max = accept["max_pdu"]
+        if dimse == "echo":
+            stream.send(pdu.echo_request(peer_max))
+        elif dimse == "find":
+            stream.send(pdu.find_request(peer_max))
+        else:
+            if self.req.get("store_not_sent"):
+                # Check mode: the storage context is accepted, which is all that can be
+                # proven without writing to the archive.
+                operation["result"] = "not_sent"
+                operation["detail"] = "check mode: the storage context was accepted; the C-STORE was not sent"
+                return
+            instance = pdu.probe_instance()
+            operation["sop_instance_uid"] = str(instance.SOPInstanceUID)
+            operation["study_instance_uid"] = str(instance.StudyInstanceUID)
+            stream.send(pdu.store_request(instance, peer_max))
+        cancelled = False
         try:
             while True:
-                status, has_data = yield from self._read_response(conn)
+                field, responded_to, status, dummy_has_data = await self._read_response(stream)
+                if field != spec["response"]:
+                    raise pdu.ProtocolError("answered with command field 0x%04x instead of the %s response"
+                                            % (field or 0, spec["name"]))
+                if responded_to not in (None, 1):
+                    raise pdu.ProtocolError("response to message %s, not to the request sent" % responded_to)
                 category = pdu.status_category(status)
+                if category is None:
+                    raise pdu.ProtocolError("%s response without a Status" % spec["name"])
                 if category == "pending" and dimse == "find":
-                    matches += 1
-                    if has_data:
-                        # The identifier is skipped unparsed: only the count is reported.
-                        yield from self._skip_dataset(conn)
-                    if matches >= MAX_FIND_MATCHES:
-                        self.result["detail"] = "stopped counting at %d matches" % matches
-                        break
+                    if not cancelled:
+                        operation["matches"] += 1
+                        if operation["matches"] >= MAX_FIND_MATCHES:
+                            # Enough to prove exposure; ask the server to stop (PS3.4 C.4.1.2.3).
+                            stream.send(pdu.cancel_request(1, spec["context_id"]))
+                            cancelled = True
                     continue
-                self.result["dimse_status"] = status
-                self.result["dimse_status_category"] = category
+                operation["status"] = status
+                operation["status_category"] = category
                 break
         except _Closed as exc:
-            self.result["detail"] = "association ended during %s: %s" % (self.phase, exc)
-        except pdu.ProtocolError as exc:
-            self.result["detail"] = "%s during %s" % (exc, self.phase)
-            yield from conn.send(pdu.abort_bytes(2, 1))
+            operation["result"] = "closed"
+            operation["detail"] = "connection %s during %s" % (
+                "reset" if isinstance(exc.error, ConnectionResetError) else "closed", spec["name"])
             self.ended = True
+            return
+        except pdu.ProtocolError as exc:
+            operation["result"] = "protocol_error"
+            operation["detail"] = str(exc)
+            self._abort(2, 1)
+            return
         except _AbortedByPeer as exc:
             self.result["abort"] = exc.names
-            self.result["detail"] = "peer aborted the association during %s" % self.phase
+            operation["result"] = "aborted"
+            operation["detail"] = "peer aborted the association during %s" % spec["name"]
             self.ended = True
-        if dimse == "find":
-            self.result["matches"] = matches
+            return
+        category = operation["status_category"]
+        if cancelled and category in ("cancel", "success"):
+            operation["result"] = "success"
+            operation["detail"] = "stopped counting at %d matches and cancelled the query" % operation["matches"]
+        else:
+            operation["result"] = category if category != "pending" else "failure"
+        # A stored instance with a warning (coercion, PS3.4 B.2.3) is stored; for C-ECHO and
+        # C-FIND only success is success.
+        operation["succeeded"] = operation["result"] == "success" or (dimse == "store" and operation["result"] == "warning")
 
-    def _next_pdata(self, conn):
-        pdu_type, data = yield from conn.read_pdu(pdu.MAX_PDATA_ACCEPTED)
+    async def _next_pdvs(self, stream):
+        pdu_type, data = await stream.read_pdu(pdu.MAX_PDATA_ACCEPTED)
         if pdu_type == pdu.PDU_ABORT:
-            raise _AbortedByPeer(pdu.decode_abort(data) if len(data) == 10 else abort_unknown())
+            try:
+                names = pdu.decode_abort(data)
+            except pdu.ProtocolError:
+                names = pdu.abort_names(None, None)
+            raise _AbortedByPeer(names)
         if pdu_type != pdu.PDU_P_DATA_TF:
             raise pdu.ProtocolError("unexpected %s during %s" % (pdu.PDU_NAMES[pdu_type], self.phase))
-        return list(pdu.split_pdvs(data[6:]))
+        return pdu.decode_pdata(data)
 
-    def _read_response(self, conn):
-        """Read one DIMSE response's command set; return (status, has data set)."""
-        command = b""
+    async def _read_response(self, stream):
+        """Read one whole DIMSE response; return (command field, responded-to id, status, has data)."""
+        reader = pdu.MessageReader()
         while True:
-            for _context, control, data in (yield from self._next_pdata(conn)):
-                if not control & 0x01:
-                    raise pdu.ProtocolError("data set fragment where a command was expected")
-                command += data
-                if len(command) > 65536:
-                    raise pdu.ProtocolError("DIMSE command set larger than 64 KiB")
-                if control & 0x02:
-                    status, _field, has_data = pdu.decode_command(command)
-                    return status, has_data
+            for context_id, value in await self._next_pdvs(stream):
+                if reader.feed(context_id, value):
+                    return reader.command()
 
-    def _skip_dataset(self, conn):
-        while True:
-            for _context, control, _data in (yield from self._next_pdata(conn)):
-                if control & 0x01:
-                    raise pdu.ProtocolError("command fragment inside a data set")
-                if control & 0x02:
-                    return
-
-    def _release(self, conn):
+    async def _release(self, stream):
         """Release politely (PS3.8 7.2) so servers log a clean end, not an abort."""
-        if conn.closed or self.ended:
+        if stream.closed or self.ended:
             return
         self.phase = "release"
-        yield from conn.send(pdu.RELEASE_RQ_BYTES)
+        stream.send(pdu.release_rq_bytes())
         try:
             while True:
-                pdu_type, _data = yield from conn.read_pdu(pdu.MAX_PDATA_ACCEPTED)
+                pdu_type, dummy_data = await stream.read_pdu(pdu.MAX_PDATA_ACCEPTED)
                 if pdu_type == pdu.PDU_RELEASE_RP:
                     self.result["released"] = True
                     return
@@ -739,36 +779,74 @@ class Probe:
             return
 
 
-class _AddressFamilyMismatch(OSError):
-    """The source address and the destination share no address family."""
+# ---------------------------------------------------------------------------------------
+# Running probes
+# ---------------------------------------------------------------------------------------
 
 
-class _AbortedByPeer(Exception):
-    def __init__(self, names):
-        Exception.__init__(self, "aborted by peer")
-        self.names = names
+def usable_concurrency(wanted):
+    """``wanted``, lowered so that every probe's socket fits under the open-file limit.
+
+    Past the limit socket() fails with EMFILE, and a probe would report a healthy endpoint
+    as unreachable.
+    """
+    wanted = max(1, int(wanted))
+    try:
+        import resource  # pylint: disable=import-outside-toplevel  # not on every platform
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - FD_RESERVE))
 
 
-def abort_unknown():
-    return pdu.abort_names(None, None)
+class Runner:
+    """Probes of one run: one event loop, one concurrency limit, one set of lookups."""
+
+    def __init__(self, concurrency=32):
+        self.limit = usable_concurrency(concurrency)
+        self.lookups = _Lookups()
+        self._semaphore = None
+
+    async def probe(self, req):
+        if self._semaphore is None:
+            # Made inside the running loop (Python < 3.10 binds it at creation).
+            self._semaphore = asyncio.Semaphore(self.limit)
+        async with self._semaphore:
+            return await Probe(req, self.lookups).run()
+
+    async def probe_all(self, requests):
+        return list(await asyncio.gather(*(self.probe(req) for req in requests)))
 
 
-def _ssl_reason(exc):
-    if exc is None:
-        return "unknown"
-    reason = getattr(exc, "reason", None)
-    return reason or str(exc)
+def run(coroutine):
+    """Run a coroutine on a fresh event loop and close it, as asyncio.run does."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
 
 def probe(req):
     """Run one probe; return its result dict."""
-    return loop.run_jobs([Probe(req).job()], 1)[0]
+    return run(Runner(1).probe(req))
 
 
 def probe_many(requests, concurrency=32):
     """Run many probes with at most ``concurrency`` connections in flight; results are in
     the order of ``requests``."""
-    return loop.run_jobs([Probe(req).job() for req in requests], concurrency)
+    return run(Runner(concurrency).probe_all(requests))
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a result
+# ---------------------------------------------------------------------------------------
 
 
 def outcome_message(result):
@@ -786,14 +864,15 @@ def outcome_message(result):
         text = "association to %s accepted" % target
         if result.get("tls"):
             text += " over %s" % result["tls"]["version"]
-        if result["dimse_status"] is not None:
-            text += "; %s status 0x%04x (%s)" % (
-                "C-FIND" if result["dimse"] == "find" else "C-ECHO",
-                result["dimse_status"],
-                result["dimse_status_category"],
-            )
-            if result["dimse"] == "find":
-                text += ", %d matches" % (result["matches"] or 0)
+        operation = result.get("operation")
+        if operation is not None:
+            text += "; %s %s" % (operation["name"], operation["result"].replace("_", " "))
+            if operation["status"] is not None:
+                text += " (status 0x%04x)" % operation["status"]
+            if operation["name"] == "C-FIND" and operation["result"] in ("success", "warning"):
+                text += ", %d matches" % operation["matches"]
+            if operation.get("detail"):
+                text += ": %s" % operation["detail"]
     else:
         text = "association to %s %s" % (target, outcome.replace("_", " "))
     if result.get("detail"):
@@ -801,15 +880,35 @@ def outcome_message(result):
     return text
 
 
+# The operation results that are the server's own answer refusing the request.  A close
+# without an A-ABORT, a timeout or a garbled answer is not conclusive evidence of a refusal.
+REFUSED_OPERATION_RESULTS = ("failure", "context_rejected", "aborted")
+
+
 def expectation_error(result, expect="any", expect_reason=None):
     """Return why a result does not meet ``expect``/``expect_reason``, or None."""
     outcome = result["outcome"]
-    if expect == "accepted" and outcome != "accepted":
-        return "expected the association to be accepted, but it was %s" % outcome
+    operation = result.get("operation")
+    if expect == "accepted":
+        if outcome != "accepted":
+            return "expected the association to be accepted, but it was %s" % outcome
+        worked = operation is not None and (operation["succeeded"] or operation["result"] == "not_sent")
+        if result.get("dimse", "echo") != "none" and not worked:
+            return "the association was accepted, but the %s did not succeed (%s)" % (
+                operation["name"] if operation else result.get("dimse"),
+                (operation or {}).get("result") or "no result",
+            )
     if expect == "denied" and outcome == "accepted":
         return "expected the association to be denied, but it was accepted"
     if expect == "rejected" and outcome != "rejected":
         return "expected an A-ASSOCIATE-RJ, but the association was %s" % outcome
+    if expect == "operation_refused":
+        if result.get("dimse", "echo") == "none":
+            return "expect operation_refused needs an operation (dimse echo, find or store)"
+        if outcome != "accepted":
+            return "expected the association to be accepted and the operation refused, but the association was %s" % outcome
+        if operation["result"] not in REFUSED_OPERATION_RESULTS:
+            return "expected the server to refuse the %s, but its result was %s" % (operation["name"], operation["result"])
     if expect_reason:
         reject = result.get("reject")
         if outcome != "rejected" or reject is None:

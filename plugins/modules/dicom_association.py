@@ -10,15 +10,20 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: dicom_association
 short_description: Open one DICOM association and assert how the server answers
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Sends one A-ASSOCIATE-RQ to a DICOM server, optionally over TLS and with user identity,
     and reports what the server did, read from the PDU it sent back rather than from a
     library's guess.
-  - When the association is accepted it runs a C-ECHO, or a STUDY-level C-FIND that
-    reports only how many studies matched, and then releases the association.
+  - When the association is accepted it runs one operation (a C-ECHO, a STUDY-level C-FIND
+    that reports only how many studies matched, or a C-STORE of one synthetic instance),
+    reports its result apart from the association's, and then releases the association.
+  - Requests are encoded and answers decoded with pynetdicom's PDU and DIMSE classes; the
+    outcome is read from the type of the first PDU the server sends back, so a reject
+    followed at once by a reset is still a reject.
   - With O(expect) the task becomes an assertion; a server that answers differently fails
     the task with a message that says what was expected and what happened.
+    O(expect=accepted) passes only when the operation worked too, not merely the association.
   - All parameters are checked before any traffic; AE titles, ports, certificate files and
     identity fields that cannot work fail the task at once.
   - The probe never waits longer than O(timeout). A server that stays silent, sends
@@ -26,14 +31,17 @@ description:
 author:
   - dicomsec.hardening contributors (@dicomsec)
 requirements:
-  - pynetdicom >= 3.0 on the managed host
+  - pynetdicom >= 3.0 (and pydicom, which it depends on) where the module runs
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - dicomsec.hardening.dicom
 attributes:
   check_mode:
     support: full
-    details: The probe only reads (C-ECHO or a count-only C-FIND), so it also runs in check mode and reports the real outcome.
+    details:
+      - C-ECHO and the count-only C-FIND only read, so they run in check mode too and report the real outcome.
+      - With O(dimse=store) the association is made and the storage context negotiated, but the C-STORE is not
+        sent; RV(operation.result) is V(not_sent) and the task reports that it would have changed the archive.
   diff_mode:
     support: none
   platform:
@@ -65,23 +73,37 @@ options:
     type: str
   dimse:
     description:
-      - What to do once the association is accepted.
-      - V(echo) sends a C-ECHO (Verification).
+      - The operation to run once the association is accepted, reported in RV(operation).
+      - V(echo) sends a C-ECHO (Verification); it succeeds on status 0x0000.
       - V(find) sends a STUDY-level C-FIND asking only for Study Instance UIDs and counts the
-        matches; no identifier is decoded or returned.
-      - V(none) releases right away.
+        matches; no identifier is decoded or returned. It succeeds when the query completes
+        with status 0x0000 (after 1000 matches it is cancelled, which also counts as success).
+      - V(store) sends a C-STORE of one synthetic Secondary Capture image, which B(writes one
+        instance to the archive) and reports the task as changed. It carries PatientName
+        C(DICOMSEC^PROBE), PatientID C(DICOMSEC-PROBE), the study description
+        C(dicomsec.hardening verification probe - not a patient), fresh UIDs under the 2.25
+        root and 16 bytes of pixel data, so it can be found and deleted. It succeeds on
+        status 0x0000 or a warning (the instance was stored, PS3.4 B.2.3).
+      - V(none) releases right away; only the association is tested.
     type: str
-    choices: [echo, find, none]
+    choices: [echo, find, store, none]
     default: echo
   expect:
     description:
       - Outcome to assert.
       - V(any) never fails on the outcome.
-      - V(accepted) needs an A-ASSOCIATE-AC.
+      - V(accepted) needs an A-ASSOCIATE-AC and, unless O(dimse=none), the operation to succeed
+        (RV(operation.succeeded)). An association that is accepted and then has its request
+        refused fails, with both facts in the message.
       - V(denied) needs anything but an accepted association (reject, abort, TLS failure, refusal, timeout).
       - V(rejected) needs an A-ASSOCIATE-RJ.
+      - V(operation_refused) needs the association to be accepted and the server to refuse the
+        operation by its own answer (RV(operation.result) V(failure), V(context_rejected) or
+        V(aborted)). A close without an A-ABORT, a timeout or a garbled answer is not a refusal
+        the server stated, and fails. Orthanc answers this way to a registered modality that
+        lacks the permission for the operation.
     type: str
-    choices: [any, accepted, denied, rejected]
+    choices: [any, accepted, denied, rejected, operation_refused]
     default: any
   expect_reason:
     description:
@@ -100,7 +122,9 @@ notes:
     reset without an answer, or an answer that is not valid DICOM), V(refused) (TCP connection
     refused or unreachable), V(timeout) and V(tls_failed) (handshake failure or TLS alert,
     including a TLS 1.3 server that refuses the client certificate after the handshake).
-  - Only Implicit VR Little Endian is proposed, which every DICOM acceptor supports.
+  - Only Implicit VR Little Endian is proposed, which every DICOM acceptor supports. Verification
+    is always proposed; V(find) adds Study Root Query/Retrieve FIND and V(store) adds
+    Secondary Capture Image Storage.
 seealso:
   - module: dicomsec.hardening.dicom_audit
 """
@@ -113,6 +137,24 @@ EXAMPLES = r"""
     called_ae: ORTHANC
     calling_ae: CT01
     expect: accepted
+
+- name: Prove the modality can store, as it does every day (writes one marked test instance)
+  dicomsec.hardening.dicom_association:
+    host: 127.0.0.1
+    port: 4242
+    called_ae: ORTHANC
+    calling_ae: CT01
+    dimse: store
+    expect: accepted
+
+- name: Prove a registered viewer is let in but may not store
+  dicomsec.hardening.dicom_association:
+    host: 127.0.0.1
+    port: 4242
+    called_ae: ORTHANC
+    calling_ae: VIEWER01
+    dimse: store
+    expect: operation_refused
 
 - name: Prove an unknown modality is turned away by an A-ASSOCIATE-RJ on its calling AE
   dicomsec.hardening.dicom_association:
@@ -168,7 +210,7 @@ EXAMPLES = r"""
 
 - name: Fail when anonymous C-FIND returns anything
   ansible.builtin.assert:
-    that: exposure.outcome != 'accepted' or (exposure.matches | default(0, true)) == 0
+    that: exposure.outcome != 'accepted' or (exposure.operation.matches | default(0, true)) == 0
 """
 
 RETURN = r"""
@@ -221,21 +263,46 @@ tls:
   returned: always
   type: dict
   sample: {version: TLSv1.3, cipher: TLS_AES_256_GCM_SHA384, peer_subject: CN=pacs.example.org}
-dimse_status:
-  description: Status of the C-ECHO or the final C-FIND response (0 is success); null when none was received.
+operation:
+  description:
+    - What happened to the operation O(dimse) asked for; null when O(dimse=none) or when the
+      association was not accepted. The association's own outcome is RV(outcome).
   returned: always
-  type: int
-  sample: 0
-dimse_status_category:
-  description: V(success), V(warning), V(failure) or V(cancel); null when no status was received.
-  returned: always
-  type: str
-  sample: success
-matches:
-  description: Number of pending C-FIND responses (matching studies) when O(dimse=find) ran; null otherwise.
-  returned: always
-  type: int
-  sample: 0
+  type: dict
+  contains:
+    name:
+      description: V(C-ECHO), V(C-FIND) or V(C-STORE).
+      type: str
+    result:
+      description:
+        - V(success), V(warning), V(failure) or V(cancel) from the response's status;
+          V(context_rejected) when the server did not accept the operation's presentation
+          context; V(aborted) when it sent an A-ABORT instead of a response; V(closed) when the
+          connection closed or reset without one; V(timeout); V(protocol_error) when the
+          answer was not valid DICOM; V(not_sent) for a C-STORE in check mode.
+      type: str
+    succeeded:
+      description: Whether the operation worked (see O(dimse) for what counts).
+      type: bool
+    status:
+      description: The status of the (final) response, 0 is success; null when none was received.
+      type: int
+    status_category:
+      description: V(success), V(warning), V(failure) or V(cancel); null when no status was received.
+      type: str
+    matches:
+      description: Pending C-FIND responses (matching studies) counted; only for C-FIND.
+      type: int
+    sop_instance_uid:
+      description: The SOP Instance UID of the instance sent; only for C-STORE.
+      type: str
+    study_instance_uid:
+      description: The Study Instance UID of the instance sent; only for C-STORE.
+      type: str
+    detail:
+      description: Extra facts, for example why the result is what it is; null when there are none.
+      type: str
+  sample: {name: C-ECHO, result: success, succeeded: true, status: 0, status_category: success, detail: null}
 latency_ms:
   description: Milliseconds from the start of the TCP connect to the server's answer to the A-ASSOCIATE-RQ.
   returned: always
@@ -275,9 +342,7 @@ RESULT_KEYS = (
     "abort",
     "identity_response",
     "tls",
-    "dimse_status",
-    "dimse_status_category",
-    "matches",
+    "operation",
     "latency_ms",
     "elapsed_ms",
     "released",
@@ -296,14 +361,14 @@ def main():
             bind_address=dict(type="str"),
             tls=dicom_args.tls_spec(),
             identity=dicom_args.identity_spec(),
-            dimse=dict(type="str", choices=["echo", "find", "none"], default="echo"),
-            expect=dict(type="str", choices=["any", "accepted", "denied", "rejected"], default="any"),
+            dimse=dict(type="str", choices=list(dicom_probe.DIMSE_CHOICES), default="echo"),
+            expect=dict(type="str", choices=["any", "accepted", "denied", "rejected", "operation_refused"], default="any"),
             expect_reason=dict(type="str", choices=dicom_pdu.REJECT_REASON_NAMES[:-1]),
         ),
         supports_check_mode=True,
     )
-    if not dicom_pdu.has_pynetdicom():
-        module.fail_json(msg=missing_required_lib("pynetdicom"))
+    if not dicom_pdu.HAS_PYNETDICOM:
+        module.fail_json(msg=missing_required_lib("pynetdicom"), exception=dicom_pdu.PYNETDICOM_IMPORT_ERROR)
 
     params = module.params
     req = dict(
@@ -316,6 +381,8 @@ def main():
         tls=params["tls"] if params["tls"] and params["tls"]["enabled"] else None,
         identity=params["identity"] if params["identity"] and params["identity"]["type"] else None,
         dimse=params["dimse"],
+        # A C-STORE writes to the archive: in check mode it is negotiated, not sent.
+        store_not_sent=module.check_mode,
     )
     errors = dicom_probe.validate_request(req)
     if errors:
@@ -328,9 +395,14 @@ def main():
     if params["expect_reason"] and expect == "any":
         expect = "rejected"
     problem = dicom_probe.expectation_error(result, expect, params["expect_reason"])
+    # A stored instance is a change to the archive, and so is one check mode would store.
+    operation = result.get("operation") or {}
+    changed = operation.get("name") == "C-STORE" and (
+        operation.get("succeeded") or operation.get("result") == "not_sent"
+    )
     if problem:
-        module.fail_json(msg="%s: %s" % (problem, msg), changed=False, **shaped)
-    module.exit_json(changed=False, msg=msg, **shaped)
+        module.fail_json(msg="%s: %s" % (problem, msg), changed=changed, **shaped)
+    module.exit_json(changed=changed, msg=msg, **shaped)
 
 
 if __name__ == "__main__":

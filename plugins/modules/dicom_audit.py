@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: dicom_audit
 short_description: Run a matrix of association attacks against many DICOM endpoints
-version_added: 1.0.0
+version_added: 0.1.0
 description:
   - Tries, against every endpoint at once, the associations an attacker or a
     misconfiguration would use, and reports per endpoint which defences held.
@@ -33,8 +33,8 @@ description:
 author:
   - dicomsec.hardening contributors (@dicomsec)
 requirements:
-  - Nothing beyond Python's standard library on the managed host; the few DICOM requests
-    are encoded by the collection itself.
+  - pynetdicom >= 3.0 (and pydicom, which it depends on) where the module runs; it encodes
+    every request and decodes every answer.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - dicomsec.hardening.dicom
@@ -106,11 +106,13 @@ options:
       - V(tls_no_client_cert) (high) a TLS client without a certificate is accepted; needs O(tls.cert_file).
       - V(tls_legacy) (medium) a TLS 1.0/1.1 handshake succeeds.
       - V(cfind_exposure) (high) a random calling AE without identity gets C-FIND answers; only the number of studies is kept.
-        When the V(any_ae) association is accepted it asks the query itself.
+        When the V(any_ae) association is accepted it asks the query itself. It passes only when the association is refused or
+        the server refuses the query (a failure status, the context not accepted, or an A-ABORT); an accepted association whose
+        query gets no conclusive answer (a close, a timeout) fails, since nothing proved the query is refused.
       - V(no_identity) and V(called_ae_guess) also fail, without an association of their own, when the
         V(any_ae) association is accepted; when both are selected the first association of V(called_ae_guess) carries no
         identity and, accepted, fails V(no_identity) too.
-      - V(authorized) (high) the authorized association (O(calling_ae), O(identity), O(tls)) is not accepted or its C-ECHO fails; needs credentials.
+      - V(authorized) (high) the authorized association (O(calling_ae), O(identity), O(tls)) is not accepted or its C-ECHO does not succeed (status 0x0000); needs credentials.
     type: list
     elements: str
     choices:
@@ -127,7 +129,7 @@ options:
   fail_on:
     description: Lowest severity of a failed check that fails the task; V(never) only reports.
     type: str
-    choices: [high, medium, low, never]
+    choices: [high, medium, never]
     default: high
 notes:
   - O(identity) and O(tls) describe the authorized client. The O(tls) settings apply to every
@@ -224,7 +226,7 @@ endpoints:
           description: Check name, or V(reachable) for an endpoint that could not be audited.
           type: str
         severity:
-          description: V(high), V(medium) or V(low).
+          description: V(high) or V(medium).
           type: str
         passed:
           description: Whether the defence held.
@@ -266,7 +268,7 @@ summary:
       description: Findings that passed.
       type: int
     failed:
-      description: Failed findings by severity (C(high), C(medium), C(low)).
+      description: Failed findings by severity (C(high), C(medium)).
       type: dict
     unreachable:
       description: Names of endpoints that could not be audited.
@@ -286,7 +288,7 @@ summary:
     endpoints: 2
     checks: 14
     passed: 9
-    failed: {high: 2, medium: 3, low: 0}
+    failed: {high: 2, medium: 3}
     unreachable: []
     associations: 26
     elapsed_ms: 41.7
@@ -295,13 +297,14 @@ msg:
   description: One sentence with the totals.
   returned: always
   type: str
-  sample: "2 endpoints, 14 checks: 9 passed, failed 2 high / 3 medium / 0 low"
+  sample: "2 endpoints, 14 checks: 9 passed, failed 2 high / 3 medium"
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_args
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_audit
+from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu
 
 
 def main():
@@ -325,10 +328,13 @@ def main():
             concurrency=dict(type="int", default=32),
             timeout=dict(type="float", default=5),
             checks=dict(type="list", elements="str", choices=dicom_audit.CHECK_IDS),
-            fail_on=dict(type="str", choices=["high", "medium", "low", "never"], default="high"),
+            fail_on=dict(type="str", choices=["high", "medium", "never"], default="high"),
         ),
         supports_check_mode=True,
     )
+    if not dicom_pdu.HAS_PYNETDICOM:
+        module.fail_json(msg=missing_required_lib("pynetdicom"), exception=dicom_pdu.PYNETDICOM_IMPORT_ERROR)
+
     config = dict(module.params)
     errors = dicom_audit.validate(config)
     if errors:
@@ -336,8 +342,8 @@ def main():
 
     reports, summary = dicom_audit.audit(config)
     failed = summary["failed"]
-    msg = "%d endpoints, %d checks: %d passed, failed %d high / %d medium / %d low" % (
-        summary["endpoints"], summary["checks"], summary["passed"], failed["high"], failed["medium"], failed["low"]
+    msg = "%d endpoints, %d checks: %d passed, failed %d high / %d medium" % (
+        summary["endpoints"], summary["checks"], summary["passed"], failed["high"], failed["medium"]
     )
     if summary["unreachable"]:
         msg += "; unreachable: %s" % ", ".join(summary["unreachable"])

@@ -26,7 +26,8 @@ def probe(port, host=LOOPBACK, **kwargs):
 def test_open_scp_accepts_and_echo_succeeds(scp_factory):
     result = probe(scp_factory(ScpPolicy.OPEN))
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] == 0
+    assert result["operation"]["status"] == 0
+    assert result["operation"]["succeeded"] is True
     assert result["released"] is True
     assert result["latency_ms"] > 0
 
@@ -34,8 +35,9 @@ def test_open_scp_accepts_and_echo_succeeds(scp_factory):
 def test_open_scp_find_reports_only_the_number_of_matches(scp_factory):
     result = probe(scp_factory(ScpPolicy.OPEN), dimse="find")
     assert result["outcome"] == "accepted"
-    assert result["matches"] == len(STUDY_UIDS)
-    assert result["dimse_status"] == 0
+    assert result["operation"]["matches"] == len(STUDY_UIDS)
+    assert result["operation"]["status"] == 0
+    assert result["operation"]["succeeded"] is True
     # No identifier content may leak into the result.
     assert not any(uid in repr(result) for uid in STUDY_UIDS)
 
@@ -43,7 +45,7 @@ def test_open_scp_find_reports_only_the_number_of_matches(scp_factory):
 def test_dimse_none_releases_without_a_service_request(scp_factory):
     result = probe(scp_factory(ScpPolicy.OPEN), dimse="none")
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] is None
+    assert result["operation"] is None
     assert result["released"] is True
 
 
@@ -59,7 +61,8 @@ def test_host_name_uses_the_transport_path_and_is_accepted(scp_factory):
     # Numeric addresses connect at once; names are looked up on a thread first.
     result = probe(scp_factory(ScpPolicy.OPEN), host="localhost")
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] == 0
+    assert result["operation"]["status"] == 0
+    assert result["operation"]["succeeded"] is True
 
 
 def test_bind_address_is_used_as_source(scp_factory):
@@ -144,7 +147,8 @@ def test_tls_with_client_certificate_is_accepted(tls_scp_factory, pki):
     assert result["outcome"] == "accepted"
     assert result["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
     assert result["tls"]["peer_subject"] == "CN=localhost"
-    assert result["dimse_status"] == 0
+    assert result["operation"]["status"] == 0
+    assert result["operation"]["succeeded"] is True
 
 
 def test_tls_without_client_certificate_fails(tls_scp_factory, pki):
@@ -248,8 +252,10 @@ def test_a_abort_answer_is_reported_with_source_and_reason(hostile):
 def test_garbage_after_accept_keeps_outcome_accepted_without_status(hostile):
     result = probe(hostile.ports["ac_then_garbage"])
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] is None
-    assert result["detail"]
+    assert result["operation"]["result"] == "protocol_error"
+    assert result["operation"]["status"] is None
+    assert result["operation"]["succeeded"] is False
+    assert dp.expectation_error(result, "accepted")
 
 
 def test_truncated_accept_is_an_abort(hostile):
@@ -273,14 +279,16 @@ def test_rejects_are_never_misreported_under_concurrency(scp_factory, hostile):
 def test_storescp_accepts_echo_from_any_calling_ae(storescp):
     result = probe(storescp, called_ae="STORESCP", calling_ae="RANDOM-1234")
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] == 0
+    assert result["operation"]["status"] == 0
+    assert result["operation"]["succeeded"] is True
 
 
 def test_storescp_has_no_find_service(storescp):
     result = probe(storescp, called_ae="STORESCP", dimse="find")
     assert result["outcome"] == "accepted"
-    assert result["matches"] is None
-    assert "not accepted" in result["detail"]
+    assert result["operation"]["result"] == "context_rejected"
+    assert "did not accept the C-FIND presentation context" in result["operation"]["detail"]
+    assert dp.expectation_error(result, "operation_refused") is None
 
 
 # --- Orthanc ----------------------------------------------------------------------------
@@ -289,14 +297,16 @@ def test_storescp_has_no_find_service(storescp):
 def test_default_orthanc_accepts_any_calling_ae(orthanc_open):
     result = probe(orthanc_open, called_ae="ORTHANC", calling_ae="RANDOM-1234")
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] == 0
+    assert result["operation"]["status"] == 0
+    assert result["operation"]["succeeded"] is True
 
 
 def test_default_orthanc_answers_find_from_a_registered_modality_with_a_count(orthanc_open):
     result = probe(orthanc_open, called_ae="ORTHANC", calling_ae="CT01", dimse="find")
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] == 0
-    assert result["matches"] == 1
+    assert result["operation"]["status"] == 0
+    assert result["operation"]["succeeded"] is True
+    assert result["operation"]["matches"] == 1
 
 
 def test_default_orthanc_aborts_find_from_an_unknown_calling_ae(orthanc_open):
@@ -304,8 +314,11 @@ def test_default_orthanc_aborts_find_from_an_unknown_calling_ae(orthanc_open):
     # accepted and the C-FIND is aborted, which is not an association reject.
     result = probe(orthanc_open, called_ae="ORTHANC", calling_ae="RANDOM-1234", dimse="find")
     assert result["outcome"] == "accepted"
-    assert result["dimse_status"] is None
-    assert result["matches"] == 0
+    assert result["operation"]["status"] is None
+    assert result["operation"]["matches"] == 0
+    assert result["operation"]["result"] in dp.REFUSED_OPERATION_RESULTS
+    assert dp.expectation_error(result, "accepted")
+    assert dp.expectation_error(result, "operation_refused") is None
 
 
 def test_hardened_orthanc_accepts_registered_modality(orthanc_hardened):
@@ -329,3 +342,140 @@ def test_orthanc_ignores_identity_with_positive_response_requested(orthanc_harde
     result = probe(orthanc_hardened, called_ae="ORTHANC", calling_ae="CT01", identity=identity)
     assert result["outcome"] == "accepted"
     assert result["identity_response"]["present"] is False
+
+
+# --- the operation after an accepted association -----------------------------------------
+# Each case has the association accepted; what differs is the answer to the request, and
+# only a success may let `expect: accepted` pass.
+
+
+def test_echo_answered_with_a_failure_status_is_accepted_but_not_succeeded(hostile):
+    result = probe(hostile.ports["echo_failure"])
+    assert result["outcome"] == "accepted"
+    assert result["operation"] == dict(result["operation"], name="C-ECHO", result="failure", succeeded=False, status=0xC000)
+    assert "status 0xc000" in dp.expectation_error(result, "accepted") or "failure" in dp.expectation_error(result, "accepted")
+    assert dp.expectation_error(result, "operation_refused") is None
+    assert result["released"] is True
+
+
+def test_verification_context_refused_is_accepted_but_not_succeeded(hostile):
+    result = probe(hostile.ports["contexts_refused"])
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["result"] == "context_rejected"
+    assert "did not accept the C-ECHO presentation context (result 3)" in result["operation"]["detail"]
+    assert dp.expectation_error(result, "accepted")
+    assert dp.expectation_error(result, "operation_refused") is None
+
+
+def test_the_same_association_without_an_operation_is_accepted(hostile):
+    # The twin of the two above: dimse none asks nothing, so the association is the proof.
+    result = probe(hostile.ports["contexts_refused"], dimse="none")
+    assert result["outcome"] == "accepted"
+    assert result["operation"] is None
+    assert dp.expectation_error(result, "accepted") is None
+
+
+def test_abort_instead_of_a_response_is_a_refused_operation(hostile):
+    result = probe(hostile.ports["abort_on_request"])
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["result"] == "aborted"
+    assert result["abort"]["source_name"] == "service-provider"
+    assert dp.expectation_error(result, "operation_refused") is None
+    assert dp.expectation_error(result, "accepted")
+
+
+@pytest.mark.parametrize("mode, words", [("close_on_request", "closed"), ("reset_on_request", "reset")])
+def test_close_or_reset_instead_of_a_response_is_not_a_stated_refusal(hostile, mode, words):
+    result = probe(hostile.ports[mode])
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["result"] == "closed"
+    assert words in result["operation"]["detail"]
+    assert dp.expectation_error(result, "accepted")
+    assert dp.expectation_error(result, "operation_refused")
+
+
+def test_silence_after_accept_is_an_operation_timeout_within_the_deadline(hostile):
+    start = time.monotonic()
+    result = probe(hostile.ports["silent_after_accept"], timeout=1)
+    assert time.monotonic() - start < 2.5
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["result"] == "timeout"
+    assert dp.expectation_error(result, "accepted")
+    assert dp.expectation_error(result, "operation_refused")
+
+
+def test_a_trickled_response_costs_at_most_the_timeout(hostile):
+    start = time.monotonic()
+    result = probe(hostile.ports["trickle_response"], timeout=1.5)
+    assert time.monotonic() - start < 3
+    assert result["operation"]["result"] == "timeout"
+
+
+def test_the_wrong_response_type_is_a_protocol_error(hostile):
+    result = probe(hostile.ports["wrong_response"])
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["result"] == "protocol_error"
+    assert "command field 0x8020" in result["operation"]["detail"]
+    assert dp.expectation_error(result, "accepted")
+
+
+def test_a_giant_p_data_length_is_refused_without_reading_it(hostile):
+    start = time.monotonic()
+    result = probe(hostile.ports["giant_pdata"], timeout=5)
+    assert time.monotonic() - start < 1.5
+    assert result["operation"]["result"] == "protocol_error"
+    assert "not read" in result["operation"]["detail"]
+
+
+def test_endless_find_matches_are_counted_to_the_cap_then_cancelled(hostile):
+    result = probe(hostile.ports["endless_pending"], dimse="find", timeout=20)
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["matches"] == dp.MAX_FIND_MATCHES
+    assert result["operation"]["result"] == "success"
+    assert "cancelled" in result["operation"]["detail"]
+    assert result["released"] is True
+
+
+def test_a_store_with_a_coercion_warning_was_stored(hostile):
+    result = probe(hostile.ports["store_warning"], dimse="store")
+    assert result["operation"]["result"] == "warning"
+    assert result["operation"]["status"] == 0xB000
+    assert result["operation"]["succeeded"] is True
+    assert dp.expectation_error(result, "accepted") is None
+
+
+def test_store_writes_the_probe_instance_to_a_storage_scp(scp_factory):
+    port = scp_factory(ScpPolicy.OPEN)
+    result = probe(port, dimse="store")
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["result"] == "success"
+    assert result["operation"]["succeeded"] is True
+    assert result["operation"]["sop_instance_uid"].startswith("2.25.")
+    assert dp.expectation_error(result, "accepted") is None
+
+
+def test_store_refused_with_a_failure_status_is_not_succeeded(scp_factory):
+    result = probe(scp_factory(ScpPolicy.STORE_REFUSED), dimse="store")
+    assert result["outcome"] == "accepted"
+    assert result["operation"]["result"] == "failure"
+    assert result["operation"]["status"] == 0xA700
+    assert dp.expectation_error(result, "accepted")
+    assert dp.expectation_error(result, "operation_refused") is None
+
+
+def test_store_in_check_mode_negotiates_but_does_not_send(scp_factory):
+    result = probe(scp_factory(ScpPolicy.OPEN), dimse="store", store_not_sent=True)
+    assert result["operation"]["result"] == "not_sent"
+    assert result["operation"]["sop_instance_uid"] is None
+    assert dp.expectation_error(result, "accepted") is None
+
+
+def test_storescp_stores_the_probe_instance_on_disk(storescp_with_dir):
+    port, directory = storescp_with_dir
+    result = probe(port, called_ae="STORESCP", dimse="store")
+    assert result["operation"]["succeeded"] is True
+    import pydicom
+
+    stored = [pydicom.dcmread(path) for path in directory.iterdir()]
+    assert [str(ds.SOPInstanceUID) for ds in stored] == [result["operation"]["sop_instance_uid"]]
+    assert str(stored[0].PatientName) == "DICOMSEC^PROBE"

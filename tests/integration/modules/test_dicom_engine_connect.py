@@ -1,62 +1,18 @@
 # -*- coding: utf-8 -*-
-"""The plain-TCP connect path: the request goes out with the connect when the handshake is
-already complete, and after waiting for writability when it is not."""
+"""The connect path: name lookups that fail, hang or cannot be made, source addresses of the
+wrong family, and more probes at once than the process may open files."""
 
 from __future__ import annotations
 
 import socket
 
-from dicom_lab import LOOPBACK, ScpPolicy, free_port
+from dicom_lab import LOOPBACK, free_port
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe as dp
 
 
-class _SlowHandshakeSocket(socket.socket):
-    """Behaves as if the handshake were still in progress on the first send, as on a real
-    network where connect returns long before the peer's SYN-ACK arrives."""
-
-    sends = 0
-
-    def send(self, data, *args):
-        type(self).sends += 1
-        if type(self).sends == 1:
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-        return super().send(data, *args)
-
-
 def _probe(port, **extra):
     return dp.probe(dict(dict(host=LOOPBACK, port=port, called_ae="ANY-SCP", calling_ae="CT01", timeout=5), **extra))
-
-
-def test_request_sent_after_waiting_for_a_pending_connect(scp_factory, monkeypatch):
-    monkeypatch.setattr(dp.socket, "socket", _SlowHandshakeSocket)
-    _SlowHandshakeSocket.sends = 0
-    result = _probe(scp_factory(ScpPolicy.OPEN))
-    assert _SlowHandshakeSocket.sends >= 2  # the refused first send, then the real one
-    assert result["outcome"] == "accepted"
-    assert result["dimse_status"] == 0
-    assert result["released"] is True
-
-
-def test_reject_read_after_waiting_for_a_pending_connect(scp_factory, monkeypatch):
-    monkeypatch.setattr(dp.socket, "socket", _SlowHandshakeSocket)
-    _SlowHandshakeSocket.sends = 0
-    result = _probe(scp_factory(ScpPolicy.CALLING_WHITELIST), calling_ae="INTRUDER")
-    assert result["outcome"] == "rejected"
-    assert result["reject"]["reason_name"] == "calling-ae-not-recognized"
-
-
-def test_refused_connect_after_waiting_is_refused(monkeypatch):
-    monkeypatch.setattr(dp.socket, "socket", _SlowHandshakeSocket)
-    _SlowHandshakeSocket.sends = 0
-    result = _probe(free_port())
-    assert result["outcome"] == "refused"
-
-
-def test_established_connect_sends_the_request_at_once(scp_factory):
-    result = _probe(scp_factory(ScpPolicy.OPEN), dimse="find")
-    assert result["outcome"] == "accepted"
-    assert result["matches"] == 2
 
 
 def test_failed_name_lookup_is_refused_with_the_reason(monkeypatch):

@@ -126,34 +126,62 @@ def test_malformed_accept_is_a_protocol_error():
         pdu.decode_accept(b"\x02\x00\x00\x00\x00\x50" + b"\xff" * 80)
 
 
-def test_truncated_pdv_is_a_protocol_error():
+def test_pdv_with_a_lying_length_is_a_protocol_error():
+    # The PDV claims 255 bytes, the PDU carries 5.
     with pytest.raises(pdu.ProtocolError):
-        list(pdu.split_pdvs(b"\x00\x00\x00\xff\x01\x03abc"))
+        pdu.decode_pdata(b"\x04\x00\x00\x00\x00\x09\x00\x00\x00\xff\x01\x03abc")
 
 
-def test_echo_request_is_a_last_command_fragment_on_context_1():
-    data = pdu.echo_rq_bytes()
+def test_echo_request_is_one_last_command_fragment_on_the_verification_context():
+    data = pdu.echo_request(16384)
     assert data[0] == pdu.PDU_P_DATA_TF
-    (context, control, _command), = list(pdu.split_pdvs(data[6:]))
-    assert (context, control) == (1, 0x03)
+    (context, value), = pdu.decode_pdata(data)
+    assert (context, value[0]) == (1, 0x03)
+
+
+def _operation(result, succeeded):
+    return {"name": "C-ECHO", "result": result, "succeeded": succeeded, "status": None}
 
 
 @pytest.mark.parametrize(
-    "expect, reason, outcome, reject_reason, fails",
+    "expect, reason, outcome, reject_reason, operation, fails",
     [
-        ("any", None, "refused", None, False),
-        ("accepted", None, "accepted", None, False),
-        ("accepted", None, "rejected", 3, True),
-        ("denied", None, "timeout", None, False),
-        ("denied", None, "accepted", None, True),
-        ("rejected", None, "aborted", None, True),
-        ("rejected", "calling-ae-not-recognized", "rejected", 3, False),
-        ("rejected", "called-ae-not-recognized", "rejected", 3, True),
+        ("any", None, "refused", None, None, False),
+        ("accepted", None, "accepted", None, _operation("success", True), False),
+        # Accepted, but the operation did not work: not what "accepted" promises.
+        ("accepted", None, "accepted", None, _operation("failure", False), True),
+        ("accepted", None, "accepted", None, _operation("context_rejected", False), True),
+        ("accepted", None, "accepted", None, _operation("timeout", False), True),
+        ("accepted", None, "rejected", 3, None, True),
+        ("denied", None, "timeout", None, None, False),
+        ("denied", None, "accepted", None, _operation("failure", False), True),
+        ("rejected", None, "aborted", None, None, True),
+        ("rejected", "calling-ae-not-recognized", "rejected", 3, None, False),
+        ("rejected", "called-ae-not-recognized", "rejected", 3, None, True),
+        ("operation_refused", None, "accepted", None, _operation("failure", False), False),
+        ("operation_refused", None, "accepted", None, _operation("aborted", False), False),
+        ("operation_refused", None, "accepted", None, _operation("context_rejected", False), False),
+        # A close or a silence is not the server saying no.
+        ("operation_refused", None, "accepted", None, _operation("closed", False), True),
+        ("operation_refused", None, "accepted", None, _operation("timeout", False), True),
+        ("operation_refused", None, "accepted", None, _operation("success", True), True),
+        ("operation_refused", None, "rejected", 3, None, True),
     ],
 )
-def test_expectation_matrix(expect, reason, outcome, reject_reason, fails):
-    result = {"outcome": outcome, "reject": pdu.reject_names(1, 1, reject_reason) if reject_reason else None}
+def test_expectation_matrix(expect, reason, outcome, reject_reason, operation, fails):
+    result = {
+        "outcome": outcome,
+        "dimse": "echo",
+        "operation": operation,
+        "reject": pdu.reject_names(1, 1, reject_reason) if reject_reason else None,
+    }
     assert bool(dp.expectation_error(result, expect, reason)) is fails
+
+
+def test_accepted_with_dimse_none_needs_only_the_association():
+    result = {"outcome": "accepted", "dimse": "none", "operation": None, "reject": None}
+    assert dp.expectation_error(result, "accepted") is None
+    assert "needs an operation" in dp.expectation_error(result, "operation_refused")
 
 
 def test_missing_certificate_file_is_refused(tmp_path):
@@ -186,26 +214,36 @@ def _accept(identity_response=None, contexts=((1, 0), (3, 3)), max_length=16384)
 
 
 @pytest.mark.parametrize("identity_response", [None, b"", b"session-token"])
-def test_fast_accept_parser_agrees_with_pynetdicom(identity_response):
+def test_accept_decoder_reads_contexts_length_and_identity_response(identity_response):
     data = _accept(identity_response)
-    assert pdu.parse_accept(data) == pdu.decode_accept(data)
-    assert pdu.parse_accept(data)["contexts"] == {1: 0, 3: 3}
+    decoded = pdu.decode_accept(data)
+    assert decoded["contexts"] == {1: 0, 3: 3}
+    assert decoded["max_pdu"] == 16384
+    assert decoded["identity_response"]["present"] is (identity_response is not None)
+    if identity_response:
+        assert decoded["identity_response"]["length"] == len(identity_response)
 
 
 @pytest.mark.parametrize("cut", [80, 100, -3])
-def test_fast_accept_parser_refuses_truncated_items(cut):
+def test_truncated_accept_is_a_protocol_error(cut):
     data = bytearray(_accept(b"abc"))
     data = bytes(data[:cut])
     with pytest.raises(pdu.ProtocolError):
-        pdu.parse_accept(data)
+        pdu.decode_accept(data)
 
 
-def test_fast_accept_parser_refuses_identity_length_overrun():
-    data = bytearray(_accept(b"abc"))
-    index = data.index(b"\x59\x00")
-    data[index + 4:index + 6] = b"\x00\xff"  # response length far beyond the sub-item
-    with pytest.raises(pdu.ProtocolError, match="overruns"):
-        pdu.parse_accept(bytes(data))
+def test_accept_without_user_information_is_a_protocol_error():
+    data = bytearray(_accept(None))
+    index = data.index(b"\x50\x00")
+    data = data[:index]
+    data[2:6] = (len(data) - 6).to_bytes(4, "big")
+    with pytest.raises(pdu.ProtocolError, match="no user information"):
+        pdu.decode_accept(bytes(data))
+
+
+def test_accept_announcing_a_tiny_maximum_pdu_is_a_protocol_error():
+    with pytest.raises(pdu.ProtocolError, match="maximum PDU length of 8"):
+        pdu.decode_accept(accept_pdu(contexts=((1, 0),), max_length=8))
 
 
 def test_bind_address_that_is_not_local_is_refused_before_traffic():
