@@ -57,3 +57,31 @@ def accept_pdu(called="ANY-SCP", calling="DICOMSEC-PROBE", contexts=((1, 0),), m
     items.append(user)
     ac.variable_items = items
     return ac.encode()
+
+
+def dimse_response_pdus(command_field, status, message_id=1, data_set=None, context_id=1, max_pdu=16384):
+    """Encode a DIMSE response (C-ECHO-RSP 0x8030, C-FIND-RSP 0x8020, C-STORE-RSP 0x8001)
+    as P-DATA-TF bytes with pynetdicom, for test servers that answer requests by hand."""
+    from io import BytesIO
+
+    from pynetdicom import dimse_messages
+    from pynetdicom.dsutils import encode
+    from pynetdicom.pdu import P_DATA_TF
+
+    classes = {
+        0x8030: dimse_messages.C_ECHO_RSP,
+        0x8020: dimse_messages.C_FIND_RSP,
+        0x8001: dimse_messages.C_STORE_RSP,
+    }
+    message = classes[command_field]()
+    command = message.command_set
+    command.CommandField = command_field
+    command.MessageIDBeingRespondedTo = message_id
+    command.Status = status
+    command.AffectedSOPClassUID = {0x8030: "1.2.840.10008.1.1", 0x8020: "1.2.840.10008.5.1.4.1.2.2.1",
+                                   0x8001: "1.2.840.10008.5.1.4.1.1.7"}[command_field]
+    command.CommandDataSetType = 0x0101 if data_set is None else 0x0001
+    if data_set is not None:
+        message.data_set = BytesIO(encode(data_set, True, True))
+    message._set_command_group_length()
+    return b"".join(P_DATA_TF(primitive).encode() for primitive in message.encode_msg(context_id, max_pdu))

@@ -147,12 +147,12 @@ EXAMPLES = r"""
     dimse: store
     expect: accepted
 
-- name: Prove a registered viewer is let in but may not store
+- name: Prove an AE registered for C-ECHO only is let in but may not store
   dicomsec.hardening.dicom_association:
     host: 127.0.0.1
     port: 4242
     called_ae: ORTHANC
-    calling_ae: VIEWER01
+    calling_ae: MR02
     dimse: store
     expect: operation_refused
 
