@@ -2,7 +2,9 @@
 # `make demo`: bring the site up as it is usually found (Orthanc as Debian packages
 # it), attack it, harden it with playbooks/site.yml, prove the result with real DICOM
 # associations (playbooks/verify.yml) and attack it again (playbooks/audit.yml), then
-# print the report. The hosts stay up for exploring; `make lab-down` removes them.
+# print the report. The before and the after are assertions of the scenario, not only
+# reports: the demo fails if either is not what it says. The hosts stay up for
+# exploring; `make lab-down` removes them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -15,6 +17,21 @@ trap 'rm -rf "$log" "$reports"' EXIT
 # prepare.yml and verify.yml write the audit reports here.
 export DICOMSEC_AUDIT_REPORT_DIR="$reports"
 quiet() { "$@" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
+# One line per host and task result of the tasks whose names match $1, from molecule's
+# output in $log. Molecule draws a box around ansible's output and wraps long task names,
+# so a name is read up to its closing bracket.
+task_results() {
+    sed 's/\x1b\[[0-9;]*m//g' "$log" | awk -v names="$1" '
+        { sub(/^[[:space:]]*│ ?/, "") }
+        /TASK \[/ { task = $0; sub(/.*TASK \[/, "", task); open = 1 }
+        open && !/TASK \[/ { line = $0; sub(/^[[:space:]]+/, "", line); task = task " " line }
+        open { if (task ~ /\]/) { sub(/\].*$/, "", task); open = 0 }; next }
+        task ~ names && match($0, /(ok|changed|fatal|failed): \[site-[a-z]+\]/) {
+            result = substr($0, RSTART, RLENGTH); label = ""
+            if (match($0, /\(item=[^)]*\)/)) label = " " substr($0, RSTART, RLENGTH)
+            print "  " result "  " task label
+        }' || true
+}
 show_reports() {
     for f in "$1"/*.txt; do
         [ -e "$f" ] || continue
@@ -27,11 +44,13 @@ say "Creating the site: a PACS (Orthanc as packaged), a registered CT, an intrud
 quiet molecule destroy -s "$scenario"
 quiet molecule create -s "$scenario"
 
-say "Before: the attack matrix against the site as found (playbooks/audit.yml)"
+say "Before: the site's PKI (the CT and the intruder each hold a valid client certificate), Orthanc as packaged, the attack matrix (playbooks/audit.yml)"
 quiet molecule prepare -s "$scenario" --force
 show_reports "$reports/before"
+# The scenario asserts the "before": every position found the packaged Orthanc open.
+task_results '^Fail unless the audit'
 
-say "Hardening: playbooks/site.yml (pacs_identity, nftables_whitelist)"
+say "Hardening: playbooks/site.yml (pacs_identity: AE titles bound to addresses, DICOM TLS with client certificates; nftables_whitelist)"
 quiet molecule converge -s "$scenario"
 # The play recap of the run: one line per host.
 sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -Eo 'site-[a-z]+ +: ok=.*' | tail -n 3 | sed 's/^/  /' || true
@@ -42,13 +61,12 @@ if molecule verify -s "$scenario" >"$log" 2>&1; then
 else
     verdict="NOT proven (output below)"
 fi
-# What each position's associations came to (playbooks/verify.yml): C-ECHO accepted
-# for the registered CT, an unknown AE title rejected, the intruder turned away.
-sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
-    /TASK \[/ { sub(/.*TASK \[/, ""); sub(/\].*/, ""); task = $0; next }
-    task ~ /^(C-ECHO|Offer|Expect)/ && match($0, /(ok|fatal): \[site-[a-z]+\]/) {
-        print "  " substr($0, RSTART, RLENGTH) "  " task
-    }' || true
+# What each position's associations came to (playbooks/verify.yml, then the scenario's
+# own proof): C-ECHO and C-STORE (one synthetic instance) for the registered CT over
+# TLS, an unknown AE title rejected, the intruder turned away although it presents the
+# CT's AE title and a valid client certificate, and those credentials accepted from the
+# CT's address.
+task_results '^(C-ECHO|C-STORE|Offer|Expect|Fail where|Associate)'
 show_reports "$reports/after"
 
 say "Report"

@@ -1,0 +1,109 @@
+# -*- coding: utf-8 -*-
+"""Running playbooks/verify.yml for real against DICOM TLS servers on loopback.
+
+``run_verify`` writes an inventory of one TLS PACS on a loopback port and one position
+(the controller itself, in the modalities or the outsiders group), runs the playbook with
+ansible-playbook and returns the JSON callback's result of every task for that position.
+``start_tls_pacs`` is a pynetdicom SCP with DICOM TLS and required client certificates
+(dicom_lab's Pki), which may whitelist calling AE titles and stores what it is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dicom_lab import COLLECTIONS_PATH, LOOPBACK, ansible_bin
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
+
+REPO = Path(__file__).resolve().parents[3]
+PLAYBOOK = REPO / "playbooks" / "verify.yml"
+PACS = "lab-pacs"
+# The position's inventory name in each group.
+POSITIONS = {"modalities": "lab-modality", "outsiders": "lab-outsider"}
+# The AE title the inventory registers with the PACS.
+REGISTERED_AE = "CT01"
+
+
+def client_tls(pki, client="client"):
+    """dicomsec_probe_tls for a position holding Pki's trusted (client) or untrusted
+    (intruder) certificate."""
+    return {
+        "ca_file": pki.path("ca.pem"),
+        "cert_file": pki.path(client + ".pem"),
+        "key_file": pki.path(client + ".key"),
+        "server_name": "localhost",
+    }
+
+
+def start_tls_pacs(pki, calling_aes=None, store_status=0x0000):
+    """A TLS SCP requiring client certificates from Pki's CA. With ``calling_aes`` it
+    rejects every other calling AE title (1/1/3), as Orthanc does for an unknown title or a
+    registered one calling from an address it is not bound to. Each C-STORE is answered
+    with ``store_status``; the datasets it was sent are in ``server.stored``."""
+    ae = AE(ae_title="ANY-SCP")
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(SecondaryCaptureImageStorage)
+    if calling_aes is not None:
+        ae.require_calling_aet = list(calling_aes)
+    stored = []
+
+    def on_store(event):
+        stored.append(event.dataset)
+        return store_status
+
+    server = ae.start_server(
+        (LOOPBACK, 0), block=False, ssl_context=pki.server_context(), evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    server.stored = stored
+    return server
+
+
+def run_verify(tmp_path, port, group, position_vars, pacs_vars=None):
+    """Run verify.yml against one TLS PACS on ``port`` from a position in ``group``;
+    return (rc, output, {task name: that position's result})."""
+    pacs = {
+        "dicomsec_dicom_address": LOOPBACK,
+        "dicomsec_dicom_tls": True,
+        "pacs_identity_aet": "ANY-SCP",
+        "pacs_identity_dicom_port": port,
+        "pacs_identity_modalities": [
+            {"name": "ct-1", "aet": REGISTERED_AE, "host": LOOPBACK, "allow": ["echo", "store"]}
+        ],
+    }
+    pacs.update(pacs_vars or {})
+    position = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    position.update(position_vars)
+    inventory = {"all": {"children": {
+        "pacs": {"hosts": {PACS: pacs}},
+        group: {"hosts": {POSITIONS[group]: position}},
+    }}}
+    inventory_file = tmp_path / "inventory.json"
+    inventory_file.write_text(json.dumps(inventory))
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH,
+        ANSIBLE_STDOUT_CALLBACK="json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+    )
+    proc = subprocess.run(
+        [ansible_bin("ansible-playbook"), "-i", str(inventory_file), str(PLAYBOOK)],
+        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    output = proc.stdout + proc.stderr
+    tasks = {}
+    try:
+        plays = json.loads(proc.stdout[proc.stdout.index("{"):])["plays"]
+    except ValueError:
+        raise AssertionError("ansible-playbook gave no JSON result:\n" + output) from None
+    for play in plays:
+        for task in play["tasks"]:
+            if POSITIONS[group] in task["hosts"]:
+                tasks[task["task"]["name"]] = task["hosts"][POSITIONS[group]]
+    return proc.returncode, output, tasks
