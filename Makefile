@@ -94,7 +94,7 @@ sanity: setup
 	@mkdir -p $(dir $(GET_PIP_CACHE)) && cmp -s tests/lab/ansible_test_get_pip.py $(GET_PIP_CACHE) || \
 	  cp tests/lab/ansible_test_get_pip.py $(GET_PIP_CACHE)
 	@rm -rf build/sanity && mkdir -p $(SANITY_ROOT)
-	@git ls-files -co --exclude-standard -z | rsync -a --from0 --files-from=- ./ $(SANITY_ROOT)/
+	@git ls-files -co --exclude-standard -z | rsync -a --from0 --ignore-missing-args --files-from=- ./ $(SANITY_ROOT)/
 	@cd $(SANITY_ROOT) && git init -q && git add -A
 	cd $(SANITY_ROOT) && PATH=$(CURDIR)/$(SANITY_VENV)/bin:$$PATH \
 	  ansible-test sanity --requirements --python 3.11 --color no
