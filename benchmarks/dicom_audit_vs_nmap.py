@@ -52,10 +52,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from collections_path import collections_path  # noqa: E402  (the tests' helper, one copy)
 from dicom_pdus import accept_pdu  # noqa: E402
+from lab_servers import CALLING_WHITELIST, LOOPBACK, ScpPolicy, shutdown_all, start_scp  # noqa: E402
 
 RESPONDER_IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1234.99"
-LOOPBACK = "127.0.0.1"
-WHITELIST = {"CT01", "MR02"}
+# The asyncio responder lets in the calling AE titles the tests' whitelist SCPs let in.
+WHITELIST = frozenset(CALLING_WHITELIST)
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,36 +159,27 @@ class Responder(asyncio.Protocol):
 
 
 def serve_pynetdicom(ports_queue, count, ready, stop):
-    """pynetdicom SCPs: the same policy mix as the asyncio responder, in one process."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+    """The tests' pynetdicom SCPs (open and calling-AE whitelist), the same policy mix as the
+    asyncio responder, answering C-FIND with no matches, in one process."""
     from pynetdicom.transport import AssociationServer
 
     # socketserver's default listen backlog is 5; a server facing a scanner would be
     # configured larger, and a full backlog would measure SYN retransmission timers.
+    # This process holds only the benchmark's servers, so the class default may change.
     AssociationServer.request_queue_size = 512
-
-    def no_matches(event):
-        return iter(())
 
     servers = []
     ports = []
     for index in range(count):
         whitelist = index % 2 == 1
-        ae = AE(ae_title="ANY-SCP")
-        ae.maximum_associations = 64
-        ae.add_supported_context(Verification)
-        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-        if whitelist:
-            ae.require_calling_aet = sorted(WHITELIST)
-        server = ae.start_server((LOOPBACK, 0), block=False, evt_handlers=[(evt.EVT_C_FIND, no_matches)])
+        policy = ScpPolicy.CALLING_WHITELIST if whitelist else ScpPolicy.OPEN
+        server = start_scp(policy, studies=())
         servers.append(server)
         ports.append((server.server_address[1], whitelist))
     ports_queue.put(ports)
     ready.set()
     stop.wait()
-    for server in servers:
-        server.shutdown()
+    shutdown_all(servers)
 
 
 def serve(ports_queue, count, ready, stop):

@@ -4,9 +4,10 @@
 Orthanc's DICOM stack (DCMTK) leaves Nagle's algorithm on unless the environment variable
 TCP_NODELAY is set, so every DICOM message can wait for the peer's delayed ACK (~40 ms on
 Linux). pacs_identity sets TCP_NODELAY=1 for the service. This benchmark starts Debian's
-Orthanc twice on loopback, once as packaged and once with TCP_NODELAY=1, both with the
-role's access control (every DicomAlwaysAllow* false, the called AE checked, the client AE
-registered with its address), and measures, one run each:
+Orthanc twice on loopback, both configured by the role's own templates and variables (every
+DicomAlwaysAllow* false, the called AE checked, the client AE registered with its address),
+once with the environment Orthanc has as packaged (pacs_identity_tcp_nodelay false) and
+once with the role's (TCP_NODELAY=1), and measures, one run each:
 
 1. C-STORE throughput: DCMTK's storescu sends N generated instances of SIZE KB in one
    association (whole storescu process wall time, MB/s of pixel data);
@@ -41,23 +42,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from collections_path import collections_path  # noqa: E402  (the tests' helpers, one copy)
-from orthanc_access import HARDENED_ACCESS  # noqa: E402
+from lab_servers import LOOPBACK, Orthanc, Unavailable  # noqa: E402
 
 sys.path.insert(0, collections_path())
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu  # noqa: E402
 
-LOOPBACK = "127.0.0.1"
 PACS_AET = "BENCHPACS"
 CLIENT_AET = "BENCHSCU"
-ORTHANC = "/usr/sbin/Orthanc"
+# The one modality the role lets in: the benchmark's client, from loopback.
+MODALITIES = [{"name": "bench", "aet": CLIENT_AET, "host": LOOPBACK, "allow": ["echo", "store"]}]
 # DCMTK's storescu; pynetdicom installs a same-named script that may come first on PATH.
 STORESCU = "/usr/bin/storescu"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def make_instances(directory: Path, count: int, size_kb: int):
@@ -90,63 +85,6 @@ def make_instances(directory: Path, count: int, size_kb: int):
         ds.PixelData = pixels
         ds.save_as(directory / f"{i:05d}.dcm", enforce_file_format=True)
     return count * len(pixels)
-
-
-class Orthanc:
-    """Debian's Orthanc on loopback in a temporary directory, stopped by its handle."""
-
-    def __init__(self, workdir: Path, nodelay: bool):
-        self.dir = workdir
-        self.dicom_port = free_port()
-        self.http_port = free_port()
-        self.nodelay = nodelay
-        self.proc = None
-
-    def __enter__(self):
-        (self.dir / "db").mkdir(parents=True)
-        (self.dir / "log").mkdir()
-        config = {
-            "Name": "bench",
-            "StorageDirectory": str(self.dir / "db"),
-            "IndexDirectory": str(self.dir / "db"),
-            "DicomAet": PACS_AET,
-            "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": True,
-            "RegisteredUsers": {"bench": os.urandom(16).hex()},
-            "DicomModalities": {"bench": {"AET": CLIENT_AET, "Host": LOOPBACK, "Port": 104,
-                                          "AllowEcho": True, "AllowStore": True}},
-            "StorageCompression": False,
-            "Plugins": [],
-            # pacs_identity's access control, so the tuned figure is the role's.
-            **HARDENED_ACCESS,
-        }
-        (self.dir / "orthanc.json").write_text(json.dumps(config))
-        env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
-        if self.nodelay:
-            env["TCP_NODELAY"] = "1"
-        self.proc = subprocess.Popen([ORTHANC, f"--logdir={self.dir / 'log'}", str(self.dir / "orthanc.json")],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; logs in {self.dir / 'log'}")
-            try:
-                socket.create_connection((LOOPBACK, self.dicom_port), timeout=0.5).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("Orthanc did not listen within 30 s") from None
-                time.sleep(0.1)
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def measure_store(port: int, files: list[Path], pixel_bytes: int):
@@ -222,7 +160,11 @@ def measure_associations(port: int, count: int):
 
 
 def run(args):
-    missing = [p for p in (ORTHANC, STORESCU) if not os.path.exists(p)]
+    missing = [] if os.path.exists(STORESCU) else [STORESCU]
+    try:
+        Orthanc.binary()
+    except Unavailable:
+        missing.append("Orthanc")
     if missing:
         sys.exit(f"missing {', '.join(missing)}: install Debian's orthanc and dcmtk")
     work = Path(tempfile.mkdtemp(prefix="orthanc-nodelay-"))
@@ -233,7 +175,7 @@ def run(args):
         files = sorted(data.glob("*.dcm"))
         results = {}
         for label, nodelay in (("packaged", False), ("tcp_nodelay", True)):
-            with Orthanc(work / label, nodelay) as orthanc:
+            with Orthanc(work / label, modalities=MODALITIES, aet=PACS_AET, tcp_nodelay=nodelay) as orthanc:
                 results[label] = {**measure_store(orthanc.dicom_port, files, pixel_bytes),
                                   **measure_raw_associations(orthanc.dicom_port, args.associations),
                                   **measure_associations(orthanc.dicom_port, args.associations)}

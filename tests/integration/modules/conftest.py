@@ -8,9 +8,11 @@ from __future__ import annotations
 from dicom_lab import (  # noqa: F401  (fixtures are found by name)
     hostile,
     orthanc_hardened,
+    orthanc_hardened_server,
     orthanc_open,
     pki,
     scp_factory,
     storescp,
+    storescp_with_dir,
     tls_scp_factory,
 )

@@ -19,14 +19,27 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 from collections_path import collections_path
-from dicom_pdus import accept_pdu
-from orthanc_access import HARDENED_ACCESS
+from dicom_pdus import accept_pdu, dimse_response_pdus
+from lab_servers import (  # noqa: F401  (the tests import them from here)  pylint: disable=unused-import
+    JWT_OK,
+    LOOPBACK,
+    STUDY_UIDS,
+    USERS,
+    Orthanc,
+    ScpPolicy,
+    Unavailable,
+    ansible_bin,
+    free_port,
+    shutdown_all,
+    start_scp,
+    wait_port,
+)
+from lab_servers import stop_process as _stop
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -37,37 +50,11 @@ COLLECTIONS_PATH = collections_path()
 
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-from pynetdicom import AE, evt  # noqa: E402
-from pynetdicom.sop_class import (  # noqa: E402
-    CTImageStorage,
-    StudyRootQueryRetrieveInformationModelFind,
-    Verification,
-)
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import CTImageStorage, Verification  # noqa: E402
 
-LOOPBACK = "127.0.0.1"
-# A study the find tests can count; its identifiers are synthetic.
-STUDY_UIDS = ["1.2.826.0.1.3680043.10.1234.1", "1.2.826.0.1.3680043.10.1234.2"]
-USERS = {"ct01": "correct-horse-battery", "mr02": "tr0ub4dor"}
-JWT_OK = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJjdDAxIn0."
+# The SCPs' identities (USERS, JWT_OK, STUDY_UIDS) live with the SCPs in tests/lab_servers.py.
 SECRET_PASSCODE = USERS["ct01"]
-
-
-def free_port(host=LOOPBACK):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port, host=LOOPBACK, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nothing listens on %s:%d" % (host, port))
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,92 +172,8 @@ def pki(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------
-# pynetdicom SCPs, one per policy
+# pynetdicom SCPs, one per policy (ScpPolicy and start_scp are tests/lab_servers.py's)
 # ---------------------------------------------------------------------------------------
-
-
-def _find_handler(event):
-    for uid in STUDY_UIDS:
-        identifier = Dataset()
-        identifier.QueryRetrieveLevel = "STUDY"
-        identifier.StudyInstanceUID = uid
-        yield 0xFF00, identifier
-
-
-def _user_id_handler(event):
-    if event.user_id_type == 2:
-        username = event.primary_field.decode()
-        ok = USERS.get(username) == event.secondary_field.decode()
-        return ok, None
-    if event.user_id_type == 5:
-        ok = event.primary_field.decode() == JWT_OK
-        return ok, (b"session-ok" if ok else None)
-    return False, None
-
-
-def _require_identity(event):
-    # pynetdicom only asks EVT_USER_ID when the request carries identity; a request
-    # without it must be turned away here, or it is accepted unauthenticated.
-    if event.assoc.requestor.user_identity is None:
-        event.assoc.acse.send_reject(0x01, 0x01, 0x01)
-        event.assoc.kill()
-
-
-def _called_aliases(event):
-    # A server that checks the called AE but also answers to a vendor default title.
-    if event.assoc.requestor.primitive.called_ae_title.strip() not in ("PACS01", "PACS"):
-        event.assoc.acse.send_reject(0x01, 0x01, 0x07)
-        event.assoc.kill()
-
-
-def _refuse_positive_response(event):
-    # A server that turns away any request for a positive identity response (no real
-    # product known to us; it proves the audit never fails the authorized check on a
-    # request the authorized client would not send).
-    user_identity = event.assoc.requestor.user_identity
-    if user_identity is not None and user_identity.positive_response_requested:
-        event.assoc.acse.send_reject(0x01, 0x01, 0x01)
-        event.assoc.kill()
-
-
-class ScpPolicy:
-    OPEN = "open"
-    CALLING_WHITELIST = "calling_whitelist"
-    CALLED_CHECK = "called_check"
-    STRICT_AE = "strict_ae"  # calling whitelist and called AE check together
-    CALLED_ALIASES = "called_aliases"  # called AE checked, but the default PACS also accepted
-    IDENTITY = "identity"
-    NO_POSITIVE_RESPONSE = "no_positive_response"  # open, but refuses positive-response requests
-    TLS = "tls"
-    TLS_LEGACY = "tls_legacy"
-
-
-def start_scp(policy, host=LOOPBACK, ae_title="ANY-SCP", port=0):
-    ae = AE(ae_title=ae_title)
-    ae.maximum_associations = 64
-    ae.network_timeout = 5
-    ae.acse_timeout = 5
-    ae.add_supported_context(Verification)
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    handlers = [(evt.EVT_C_FIND, _find_handler)]
-    kwargs = {}
-    if policy == ScpPolicy.CALLING_WHITELIST:
-        ae.require_calling_aet = ["CT01", "MR02"]
-    elif policy == ScpPolicy.CALLED_CHECK:
-        ae.require_called_aet = True
-    elif policy == ScpPolicy.STRICT_AE:
-        ae.require_calling_aet = ["CT01", "MR02"]
-        ae.require_called_aet = True
-    elif policy == ScpPolicy.CALLED_ALIASES:
-        handlers.append((evt.EVT_REQUESTED, _called_aliases))
-    elif policy == ScpPolicy.IDENTITY:
-        handlers += [(evt.EVT_USER_ID, _user_id_handler), (evt.EVT_REQUESTED, _require_identity)]
-    elif policy == ScpPolicy.NO_POSITIVE_RESPONSE:
-        handlers.append((evt.EVT_REQUESTED, _refuse_positive_response))
-    elif policy in (ScpPolicy.TLS, ScpPolicy.TLS_LEGACY):
-        raise ValueError("use start_tls_scp")
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers, **kwargs)
-    return server
 
 
 def start_tls_scp(pki, require_client_cert=True, legacy=False, ae_title="ANY-SCP"):
@@ -279,15 +182,6 @@ def start_tls_scp(pki, require_client_cert=True, legacy=False, ae_title="ANY-SCP
     ae.add_supported_context(Verification)
     context = pki.server_context(require_client_cert=require_client_cert, legacy=legacy)
     return ae.start_server((LOOPBACK, 0), block=False, ssl_context=context)
-
-
-def _shutdown_all(servers):
-    # pynetdicom's shutdown waits for its poll loop; stop them side by side.
-    threads = [threading.Thread(target=server.shutdown) for server in servers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +194,7 @@ def scp_factory():
         return server.server_address[1]
 
     yield make
-    _shutdown_all(servers)
+    shutdown_all(servers)
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +207,7 @@ def tls_scp_factory(pki):
         return server.server_address[1]
 
     yield make
-    _shutdown_all(servers)
+    shutdown_all(servers)
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +231,23 @@ class HostileServer:
     MODES = (
         "garbage", "endless", "giant", "reset", "close", "silence",
         "reject_then_reset", "abort", "ac_then_garbage", "truncated_ac",
+        # After an A-ASSOCIATE-AC, what the answer to the operation's request is:
+        "echo_failure",  # a C-ECHO-RSP with status 0xC000
+        "contexts_refused",  # the AC accepts no presentation context
+        "abort_on_request",  # an A-ABORT instead of a response
+        "close_on_request",  # a TCP close without a PDU
+        "reset_on_request",  # a TCP reset without a PDU
+        "silent_after_accept",  # nothing at all
+        "wrong_response",  # a C-FIND-RSP to a C-ECHO-RQ
+        "giant_pdata",  # a P-DATA-TF header declaring 1 GiB
+        "trickle_response",  # a valid C-ECHO-RSP, one byte a second
+        "endless_pending",  # C-FIND pending responses until a C-CANCEL, then 0xFE00
+        "store_warning",  # a C-STORE-RSP with the coercion warning 0xB000
+    )
+    # Each of these answers after an A-ASSOCIATE-AC that accepts every context proposed.
+    _AFTER_ACCEPT = (
+        "echo_failure", "abort_on_request", "close_on_request", "reset_on_request", "silent_after_accept",
+        "wrong_response", "giant_pdata", "trickle_response", "endless_pending", "store_warning",
     )
 
     def __init__(self):
@@ -412,11 +323,89 @@ class HostileServer:
             elif mode == "truncated_ac":
                 writer.write(b"\x02\x00\x00\x00\x01\x00\x00\x01")
                 await writer.drain()
+            elif mode == "contexts_refused":
+                writer.write(accept_pdu(contexts=((1, 3), (3, 3), (5, 3))))
+                await writer.drain()
+                await self._serve_release(reader, writer)
+            elif mode in self._AFTER_ACCEPT:
+                writer.write(accept_pdu(contexts=((1, 0), (3, 0), (5, 0))))
+                await writer.drain()
+                await self._after_accept(mode, reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             if not writer.transport.is_closing():
                 writer.close()
+
+    async def _read_pdu(self, reader):
+        header = await reader.readexactly(6)
+        length = struct.unpack(">I", header[2:6])[0]
+        return header[0], await reader.readexactly(length)
+
+    async def _serve_release(self, reader, writer):
+        """Answer an A-RELEASE-RQ, ignoring anything before it."""
+        while True:
+            pdu_type, dummy = await self._read_pdu(reader)
+            if pdu_type == 0x05:
+                writer.write(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+                await writer.drain()
+                return
+
+    async def _after_accept(self, mode, reader, writer):
+        await self._read_pdu(reader)  # the first P-DATA-TF of the request
+        if mode == "echo_failure":
+            writer.write(dimse_response_pdus(0x8030, 0xC000))
+        elif mode == "store_warning":
+            # The rest of the C-STORE-RQ: data set fragments up to the last one (control 0x02).
+            while (await self._read_pdu(reader))[1][5] != 0x02:
+                pass
+            writer.write(dimse_response_pdus(0x8001, 0xB000, context_id=5))
+        elif mode == "abort_on_request":
+            writer.write(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x00")
+        elif mode == "close_on_request":
+            writer.close()
+            return
+        elif mode == "reset_on_request":
+            self._rst(writer)
+            return
+        elif mode == "silent_after_accept":
+            await asyncio.sleep(3600)
+        elif mode == "wrong_response":
+            writer.write(dimse_response_pdus(0x8020, 0x0000))
+        elif mode == "giant_pdata":
+            writer.write(b"\x04\x00\x40\x00\x00\x00" + b"\x00" * 1024)
+            await writer.drain()
+            await asyncio.sleep(3600)
+        elif mode == "trickle_response":
+            for byte in dimse_response_pdus(0x8030, 0x0000):
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(1)
+        elif mode == "endless_pending":
+            await self._endless_pending(reader, writer)
+            return
+        await writer.drain()
+        await self._serve_release(reader, writer)
+
+    async def _endless_pending(self, reader, writer):
+        """Pending C-FIND responses until the client sends a C-CANCEL-RQ."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.9"
+        pending = dimse_response_pdus(0x8020, 0xFF00, data_set=identifier, context_id=3)
+        await self._read_pdu(reader)  # the C-FIND-RQ's identifier, after its command
+        cancelled = asyncio.ensure_future(self._read_pdu(reader))
+        sent = 0
+        while not cancelled.done():
+            writer.write(pending)
+            await writer.drain()
+            sent += 1
+            if sent % 50 == 0:
+                await asyncio.sleep(0)
+        self.sent_pending = sent
+        writer.write(dimse_response_pdus(0x8020, 0xFE00, context_id=3))
+        await writer.drain()
+        await self._serve_release(reader, writer)
 
     def stop(self):
         async def close_all():
@@ -443,26 +432,11 @@ def hostile():
 # ---------------------------------------------------------------------------------------
 
 
-def _stop(proc, graceful=True):
-    if proc.poll() is None and not graceful:
-        # A throwaway instance on temporary storage: no need to wait for a clean shutdown.
-        proc.kill()
-        proc.wait(5)
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def storescp(tmp_path_factory):
+def _storescp(out):
+    """DCMTK's storescp, writing what it is sent into ``out``; yields its port."""
     binary = shutil.which("storescp", path="/usr/bin:/usr/local/bin") or shutil.which("storescp")
     if binary is None:
         pytest.skip("DCMTK storescp is not installed")
-    out = tmp_path_factory.mktemp("storescp")
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--fork", "-aet", "STORESCP", "-od", str(out), str(port)],
@@ -470,53 +444,56 @@ def storescp(tmp_path_factory):
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_port(port)
+        wait_port(port, proc=proc)
         yield port
     finally:
         _stop(proc)
 
 
-def orthanc_config(storage, http_port, dicom_port, hardened):
-    config = {
-        "Name": "dicomsec-test",
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(storage),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {"test": "test-only-password"},
-        "Plugins": [],
-        "DicomScpTimeout": 5,
-        # Registered so the open instance has a modality that may query; every other
-        # default (any calling AE may echo and store) is left as packaged.
-        "DicomModalities": {"ct01": ["CT01", LOOPBACK, 104]},
-    }
-    if hardened:
-        config.update(HARDENED_ACCESS)
-    return config
+@pytest.fixture(scope="module")
+def storescp(tmp_path_factory):
+    yield from _storescp(tmp_path_factory.mktemp("storescp"))
+
+
+@pytest.fixture
+def storescp_with_dir(tmp_path):
+    """A storescp of the test's own and the directory it stores into, empty at the start."""
+    out = tmp_path / "storescp"
+    out.mkdir()
+    for port in _storescp(out):
+        yield port, out
+
+
+# The modalities a test Orthanc knows, as pacs_identity_modalities. CT01 may use every
+# service, as an AE registered the simplest way ([AET, host, port]) may. MR02 (in the
+# hardened instance and the modules' examples) has the role's default, C-ECHO only: its
+# association is accepted and its C-FIND or C-STORE refused by the per-service permission.
+ORTHANC_MODALITIES = [
+    {"name": "ct01", "aet": "CT01", "host": LOOPBACK, "port": 104, "allow": ["echo", "find", "get", "move", "store"]},
+    {"name": "mr02", "aet": "MR02", "host": LOOPBACK, "port": 104},
+]
+# An idle association is dropped after 5 s instead of Orthanc's 30, so a test that leaves
+# one open does not hold a server thread for the rest of the session.
+ORTHANC_OPTIONS = {"DicomScpTimeout": 5}
+
+
+def _orthanc(root, hardened, dicom_port=None):
+    """A started Orthanc: hardened, configured by pacs_identity's own templates and vars
+    (TLS off); else as packaged, knowing CT01 only."""
+    modalities = ORTHANC_MODALITIES if hardened else ORTHANC_MODALITIES[:1]
+    orthanc = Orthanc(root, hardened=hardened, modalities=modalities, dicom_port=dicom_port,
+                      extra_options=ORTHANC_OPTIONS)
+    try:
+        return orthanc.start()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _start_orthanc(root, hardened, dicom_port=None):
-    binary = shutil.which("Orthanc", path="/usr/sbin:/usr/bin") or shutil.which("Orthanc")
-    if binary is None:
-        pytest.skip("Orthanc is not installed")
-    storage = root / "storage"
-    storage.mkdir()
-    http_port, dicom_port = free_port(), dicom_port or free_port()
-    config = root / "config.json"
-    config.write_text(json.dumps(orthanc_config(storage, http_port, dicom_port, hardened)))
-    env = dict(os.environ, TCP_NODELAY="1")
-    log = open(root / "orthanc.log", "wb")
-    proc = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_port(dicom_port, timeout=30)
-    except RuntimeError:
-        _stop(proc, graceful=False)
-        log.close()
-        raise
-    return proc, log, dicom_port
+    """Start a test Orthanc; return (process, log file, DICOM port), to be stopped with
+    ``_stop(process, graceful=False)`` and the log closed."""
+    orthanc = _orthanc(root, hardened, dicom_port)
+    return orthanc.proc, orthanc.log, orthanc.dicom_port
 
 
 def store_test_study(port, called_ae="ORTHANC", calling_ae="CT01"):
@@ -542,33 +519,32 @@ def store_test_study(port, called_ae="ORTHANC", calling_ae="CT01"):
 
 @pytest.fixture(scope="session")
 def orthanc_open(tmp_path_factory):
-    proc, log, port = _start_orthanc(tmp_path_factory.mktemp("orthanc-open"), hardened=False)
+    orthanc = _orthanc(tmp_path_factory.mktemp("orthanc-open"), hardened=False)
     try:
-        store_test_study(port)
-        yield port
+        store_test_study(orthanc.dicom_port)
+        yield orthanc.dicom_port
     finally:
-        _stop(proc, graceful=False)
-        log.close()
+        orthanc.stop()
 
 
 @pytest.fixture(scope="session")
-def orthanc_hardened(tmp_path_factory):
-    proc, log, port = _start_orthanc(tmp_path_factory.mktemp("orthanc-hardened"), hardened=True)
+def orthanc_hardened_server(tmp_path_factory):
+    """The hardened Orthanc itself (its rendered ``config``, ``environment``, ports)."""
+    orthanc = _orthanc(tmp_path_factory.mktemp("orthanc-hardened"), hardened=True)
     try:
-        yield port
+        yield orthanc
     finally:
-        _stop(proc, graceful=False)
-        log.close()
+        orthanc.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc_hardened(orthanc_hardened_server):
+    return orthanc_hardened_server.dicom_port
 
 
 # ---------------------------------------------------------------------------------------
 # Running the real modules through ansible
 # ---------------------------------------------------------------------------------------
-
-
-def ansible_bin(name):
-    candidate = Path(sys.executable).with_name(name)
-    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
 def run_module(module, args, *extra, check=False, verbosity=0, interpreter=None):

@@ -13,13 +13,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from lab_servers import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[3]
@@ -54,12 +54,6 @@ pytestmark = pytest.mark.skipif(
     bool(_missing_tools()),
     reason="needs Debian's slapd, ldap-utils and python3-ldap: " + ", ".join(_missing_tools()),
 )
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CONFIG_LDIF = """\
@@ -148,7 +142,7 @@ def slapd(tmp_path_factory):
                    check=True, capture_output=True)
     subprocess.run(["slapadd", "-n1", "-F", tmp / "slapd.d", "-l", tmp / "data.ldif"],
                    check=True, capture_output=True)
-    port = _free_port()
+    port = free_port()
     uri = f"ldap://127.0.0.1:{port}"
     # -d 0 keeps slapd in the foreground, so the handle is slapd itself.
     proc = subprocess.Popen([SLAPD, "-d", "0", "-F", tmp / "slapd.d", "-h", uri + "/"],
