@@ -19,6 +19,7 @@ from __future__ import annotations
 __metaclass__ = type
 
 import base64
+import functools
 import struct
 import traceback
 import warnings
@@ -318,6 +319,9 @@ def _message_pdus(message, context_id, peer_max_pdu):
     )
 
 
+# The same request to a peer with the same maximum PDU length is the same bytes: an audit
+# of many endpoints encodes each request once, not once per association.
+@functools.lru_cache(maxsize=64)
 def echo_request(peer_max_pdu, message_id=1):
     """Return the P-DATA-TF PDUs of a C-ECHO-RQ (PS3.7 9.3.5)."""
     primitive = dimse_primitives.C_ECHO()
@@ -337,6 +341,7 @@ def find_identifier():
     return identifier
 
 
+@functools.lru_cache(maxsize=64)
 def find_request(peer_max_pdu, message_id=1):
     """Return the P-DATA-TF PDUs of a STUDY-level C-FIND-RQ on the Study Root context."""
     primitive = dimse_primitives.C_FIND()
@@ -350,6 +355,7 @@ def find_request(peer_max_pdu, message_id=1):
     return _message_pdus(message, OPERATIONS["find"]["context_id"], peer_max_pdu)
 
 
+@functools.lru_cache(maxsize=16)
 def cancel_request(message_id=1, context_id=3):
     """Return a C-CANCEL-RQ for the request ``message_id`` (PS3.7 9.3.2.3)."""
     primitive = dimse_primitives.C_CANCEL()
@@ -480,6 +486,14 @@ def decode_accept(data):
     Returns a dict with ``contexts`` (context id -> result, 0 is acceptance), ``max_pdu``
     (the peer's maximum PDU length, 0 is unlimited) and ``identity_response``.
     """
+    contexts, max_pdu, identity = _decode_accept(bytes(data))
+    return {"contexts": dict(contexts), "max_pdu": max_pdu, "identity_response": dict(identity)}
+
+
+# A server answers every association of the same request with the same bytes; decoding
+# is a pure function of them, so an audit decodes each distinct answer once.
+@functools.lru_cache(maxsize=256)
+def _decode_accept(data):
     accept = _decode(pn_pdu.A_ASSOCIATE_AC, data, "A-ASSOCIATE-AC")
     try:
         contexts = dict((item.context_id, item.result_reason) for item in accept.presentation_context)
@@ -498,7 +512,7 @@ def decode_accept(data):
         raise ProtocolError("malformed A-ASSOCIATE-AC: %s" % (exc or type(exc).__name__))
     if 0 < max_pdu < MIN_PEER_MAX_PDU:
         raise ProtocolError("A-ASSOCIATE-AC announces a maximum PDU length of %d bytes, too small for any command" % max_pdu)
-    return {"contexts": contexts, "max_pdu": max_pdu, "identity_response": identity}
+    return tuple(contexts.items()), max_pdu, tuple(identity.items())
 
 
 def _b64(data):
