@@ -26,7 +26,8 @@ SANITY_ROOT := build/sanity/ansible_collections/dicomsec/hardening
 
 # System packages the tests use. Each is installed only if it is missing.
 SYSTEM_PACKAGES := python3-venv git rsync shellcheck debootstrap dcmtk orthanc nmap nftables \
-	iproute2 iptables openssl ca-certificates slapd ldap-utils python3-ldap
+	iproute2 iptables openssl ca-certificates slapd ldap-utils python3-ldap \
+	nginx libnginx-mod-stream libnginx-mod-stream-js
 SETUP_STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt requirements.txt | sha256sum | cut -c1-12)
 
 .PHONY: help setup system-packages venv collections lab lab-down lint sanity unit molecule test demo build package clean
@@ -54,7 +55,7 @@ system-packages:
 	trap '[ -z "$$guard" ] || rm -f /usr/sbin/policy-rc.d' EXIT; \
 	DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get update -q >/dev/null; \
 	DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
-	if [ -d /run/systemd/system ]; then systemctl disable --now orthanc slapd >/dev/null 2>&1 || true; fi
+	if [ -d /run/systemd/system ]; then systemctl disable --now orthanc slapd nginx >/dev/null 2>&1 || true; fi
 
 venv: $(SETUP_STAMP)
 
