@@ -112,7 +112,8 @@ options:
       - V(no_identity) and V(called_ae_guess) also fail, without an association of their own, when the
         V(any_ae) association is accepted; when both are selected the first association of V(called_ae_guess) carries no
         identity and, accepted, fails V(no_identity) too.
-      - V(authorized) (high) the authorized association (O(calling_ae), O(identity), O(tls)) is not accepted or its C-ECHO does not succeed (status 0x0000); needs credentials.
+      - V(authorized) (high) the authorized association (O(calling_ae), O(identity), O(tls)) is not accepted or its C-ECHO does not
+        succeed (status 0x0000); needs credentials.
     type: list
     elements: str
     choices:

@@ -10,7 +10,6 @@ import pytest
 from gate_lab import CALLED_AE, PASSCODES, GatePki, Idp, Nginx, RecordingScp, SyslogSink, free_port, make_root, nginx_missing, render_gateway
 
 
-
 class Gateway:
     """What the tests talk to: ports by listener name, the SCPs behind, the secrets."""
 

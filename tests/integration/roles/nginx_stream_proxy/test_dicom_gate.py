@@ -514,5 +514,3 @@ def test_dicom_association_module_reports_the_gates_identity_reject(gateway):
     rc, output, data = run_module("dicom_association", args)
     assert rc == 0 and data["outcome"] == "rejected", output
     assert (data["reject"]["result"], data["reject"]["source"], data["reject"]["reason"]) == IDENTITY
-
-

@@ -93,7 +93,7 @@ def _mutate(rng, seed):
             pdu[user + 2:user + 4] = struct.pack(">H", ulen + len(copies) + len(item))
             pdu = bytearray(_fix_pdu_length(bytes(pdu)))
     elif kind == "flip":
-        for _ in range(rng.randrange(1, 6)):
+        for dummy in range(rng.randrange(1, 6)):
             at = rng.randrange(len(pdu))
             pdu[at] ^= 1 << rng.randrange(8)
     elif kind == "insert":
@@ -161,8 +161,8 @@ def _send(port, payload, pace=0.0):
 def test_five_thousand_mutated_requests_are_refused_or_closed_and_none_reaches_the_upstream(gateway):
     rng = random.Random(20240610)
     seeds = _seeds(gateway.idp)
-    cases = [_mutate(rng, rng.choice(seeds)) for _ in range(MUTATIONS)]
-    assert len({kind for kind, _ in cases}) == 13
+    cases = [_mutate(rng, rng.choice(seeds)) for dummy in range(MUTATIONS)]
+    assert len({kind for kind, dummy in cases}) == 13
     workers_before = gateway.nginx.worker_pids()
     # Only what this test provokes: the TLS tests' refusals log SSL errors of their own.
     log_start = len(gateway.nginx.error_log())
@@ -172,7 +172,7 @@ def test_five_thousand_mutated_requests_are_refused_or_closed_and_none_reaches_t
     # Slowloris alongside: one byte a second of a valid request, closed at the preread timeout.
     slow_results = []
     slow = [threading.Thread(target=lambda: slow_results.append(_send(port, seeds[0], pace=1.0)))
-            for _ in range(3)]
+            for dummy in range(3)]
     for thread in slow:
         thread.start()
 

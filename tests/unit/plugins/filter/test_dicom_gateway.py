@@ -86,14 +86,15 @@ def test_jwks_keys_the_gate_cannot_use_are_refused_by_name(jwk, message):
 
 
 def _policy(**overrides):
+    listeners = overrides.pop(
+        "listeners", [{"name": "pacs", "port": 11112, "called_aes": ["PACS01"], "upstream": {"host": "h", "port": 1}}]
+    )
     args = {
-        "listeners": [{"name": "pacs", "port": 11112, "called_aes": ["PACS01"], "upstream": {"host": "h", "port": 1}}],
         "modalities": [{"ae": "CT01", "sources": ["198.51.100.10/32"]}],
         "users": [{"name": "tech", "passcode": "Top-Secret-1", "calling_aes": ["CT01"]}],
         "iterations": 20000,
     }
     args.update(overrides)
-    listeners = args.pop("listeners")
     return dicom_gateway_policy(listeners, **args)
 
 
