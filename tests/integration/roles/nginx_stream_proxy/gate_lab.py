@@ -303,24 +303,33 @@ load_module {modules}/ngx_stream_js_module.so;
 worker_processes 2;
 pid {root}/nginx.pid;
 error_log {root}/error.log info;
-events {{
-    worker_connections 1024;
+{rlimit}events {{
+    worker_connections {worker_connections};
 }}
 include {root}/stream.conf;
 """
 
 
 class Nginx:
-    """nginx on a prefix of its own, in the foreground, stopped by its handle."""
+    """nginx on a prefix of its own, in the foreground, stopped by its handle.
 
-    def __init__(self, root):
+    ``worker_connections`` counts both sides of each proxied connection; ``rlimit_nofile``
+    (worker_rlimit_nofile) lets a worker open that many descriptors when the limit it
+    inherits is lower.
+    """
+
+    def __init__(self, root, worker_connections=1024, rlimit_nofile=None):
         self.root = Path(root)
+        self.worker_connections = worker_connections
+        self.rlimit_nofile = rlimit_nofile
         self.conf = self.root / "nginx.conf"
         self.proc = None
         self.log = None
 
     def test_config(self):
-        self.conf.write_text(MAIN_CONF.format(modules=MODULES, root=self.root))
+        rlimit = "worker_rlimit_nofile %d;\n" % self.rlimit_nofile if self.rlimit_nofile else ""
+        self.conf.write_text(MAIN_CONF.format(modules=MODULES, root=self.root, rlimit=rlimit,
+                                              worker_connections=self.worker_connections))
         return subprocess.run([NGINX, "-t", "-q", "-p", str(self.root), "-c", str(self.conf)],
                               capture_output=True, text=True, check=False)
 
