@@ -1,7 +1,10 @@
 """The whitelist, proven from the hosts that matter: allowed, denied, operator.
 
 wl-allowed (198.18.10.31) is on the DICOM whitelist; wl-denied (198.18.10.32)
-sits on the same LAN and is not; wl-admin is on the management network.
+sits on the same LAN and is not; wl-admin is on the management network. DICOM
+is spoken with the collection's own dicomsec.hardening.dicom_association
+module, run on the client that matters; bare TCP (management port, rate and
+connection limits) with a few lines of Python, since no DICOM is involved.
 """
 
 import base64
@@ -32,7 +35,8 @@ with open(os.path.join(SCENARIO, "converge.yml"), encoding="utf-8") as _converge
     }
 LOG_FILE = "/var/log/ulog/dicomsec-refused.log"
 
-# Runs on a client: one TCP connection attempt, or a DICOM C-ECHO association.
+# Runs on a client: bare TCP, where no DICOM is involved (one connection attempt,
+# a burst for the rate limit, held connections for the connection limit).
 PROBE = r'''
 import socket, sys, time
 mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -44,19 +48,6 @@ if mode == "tcp":
         print("refused")
     except (socket.timeout, TimeoutError):
         print("timeout")
-elif mode == "echo":
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 3
-    assoc = ae.associate(host, port, ae_title="LABSCP")
-    if assoc.is_established:
-        status = assoc.send_c_echo()
-        assoc.release()
-        print("accepted", hex(status.Status) if status else "no-status")
-    else:
-        print("not-established")
 elif mode == "burst":
     # Opens `count` connections as fast as possible, closing each.
     count, opened, refused = int(sys.argv[4]), 0, 0
@@ -88,6 +79,22 @@ def host(name):
 def probe(name, *args):
     cmd = f"echo {PROBE_B64} | base64 -d > /tmp/probe.py && python3 /tmp/probe.py " + " ".join(map(str, args))
     return host(name).check_output(cmd).strip()
+
+
+def dicom(name, addr, port, expect="any"):
+    """One C-ECHO association from lab host `name` with dicom_association; its result.
+
+    With `expect` other than any, the module asserts the outcome itself and the
+    call raises if the server (or the firewall) answered otherwise.
+    """
+    args = {"host": addr, "port": port, "called_ae": "LABSCP", "calling_ae": "MODALITY", "timeout": 3,
+            "expect": expect}
+    return host(name).ansible("dicomsec.hardening.dicom_association", json.dumps(args), check=False)
+
+
+def echo_accepted(name, addr, port):
+    res = dicom(name, addr, port, expect="accepted")
+    return res["outcome"] == "accepted" and res["operation"]["status"] == 0
 
 
 def log_size(name):
@@ -141,7 +148,7 @@ def run_converge(extra_vars, *flags):
 @pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
 @pytest.mark.parametrize("port", [104, 11112])
 def test_allowed_modality_completes_a_dicom_echo(addr, port):
-    assert probe("wl-allowed", "echo", addr, port) == "accepted 0x0"
+    assert echo_accepted("wl-allowed", addr, port)
 
 
 @pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
@@ -149,7 +156,8 @@ def test_allowed_modality_completes_a_dicom_echo(addr, port):
 def test_denied_host_is_rejected_with_a_reset(addr, port):
     # refused_action is reject: the client gets a TCP reset, not a silent drop.
     assert probe("wl-denied", "tcp", addr, port) == "refused"
-    assert probe("wl-denied", "echo", addr, port) == "not-established"
+    # The module sees the same reset: the association never starts.
+    assert dicom("wl-denied", addr, port, expect="denied")["outcome"] == "refused"
 
 
 def test_refused_attempt_is_logged_with_the_prefix():
@@ -220,7 +228,7 @@ def test_a_broken_variable_fails_before_any_change():
     assert "nftables_whitelist_source_sets.modalities" in output
     assert "198.18.10.300" in output
     assert live_digest() == before
-    assert probe("wl-allowed", "echo", SERVER_V4, 104) == "accepted 0x0"
+    assert echo_accepted("wl-allowed", SERVER_V4, 104)
 
 
 def test_check_mode_shows_the_change_without_applying_it():
@@ -248,7 +256,7 @@ def test_a_change_the_controller_cannot_confirm_is_rolled_back():
     # The file the next boot loads is the previous one too.
     assert f'comment "{before}"' in host("wl-server").file("/etc/nftables.d/dicomsec.nft").content_string
     assert probe("wl-denied", "tcp", SERVER_V4, 104) == "refused"
-    assert host("wl-server").run("systemctl is-active dicomsec-nftables-rollback.timer").stdout.strip() != "active"
+    assert host("wl-server").run("systemctl is-active dicomsec-nftables-rollback-dicomsec.timer").stdout.strip() != "active"
 
 
 # Segmentation: the gateway's forward chain decides which remote sites reach
@@ -258,7 +266,7 @@ def test_a_change_the_controller_cannot_confirm_is_rolled_back():
 
 @pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
 def test_whitelisted_remote_site_reaches_the_pacs_through_the_gateway(addr):
-    assert probe("wl-remote-ok", "echo", addr, 104) == "accepted 0x0"
+    assert echo_accepted("wl-remote-ok", addr, 104)
 
 
 @pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
@@ -283,7 +291,7 @@ def test_gateway_logs_the_refused_remote_site():
 
 @pytest.mark.parametrize("addr", [SERVER_V4, SERVER_V6])
 def test_interface_bound_service_is_reached_over_its_interface(addr):
-    assert probe("wl-allowed", "echo", addr, 4242) == "accepted 0x0"
+    assert echo_accepted("wl-allowed", addr, 4242)
 
 
 @pytest.mark.parametrize("addr", [SERVER_MGMT_V4, SERVER_MGMT_V6])
@@ -308,7 +316,7 @@ def test_ipsec_only_service_is_reached_through_the_tunnel():
     assert server.run("ip link show ipsec0").rc == 0
     assert server.check_output("ip xfrm state") == ""
     before = esp_packets_in()
-    assert probe("wl-allowed", "echo", SERVER_TUNNEL, 4243) == "accepted 0x0"
+    assert echo_accepted("wl-allowed", SERVER_TUNNEL, 4243)
     assert esp_packets_in() > before  # the association travelled inside ESP
 
 
@@ -317,7 +325,81 @@ def test_ipsec_only_service_refuses_the_same_modality_in_the_clear():
     assert answer == "refused"
     assert any("dicomsec-refused dicom_ipsec:" in ln and "DPT=4243 " in ln for ln in lines)
     # The same source, in the clear, on a service that does not ask for IPsec:
-    assert probe("wl-allowed", "echo", SERVER_V4, 104) == "accepted 0x0"
+    assert echo_accepted("wl-allowed", SERVER_V4, 104)
+
+
+# Destinations on the input chain: 4244 answers on the server's IPv4 LAN address
+# only. The modality and the operator are both on its whitelist; on the server's
+# other addresses they are refused.
+
+def test_service_answers_on_its_destination_address():
+    assert echo_accepted("wl-allowed", SERVER_V4, 4244)
+
+
+@pytest.mark.parametrize(("client", "addr"), [("wl-allowed", SERVER_V6), ("wl-admin", SERVER_MGMT_V4),
+                                              ("wl-admin", SERVER_MGMT_V6)])
+def test_service_refuses_a_whitelisted_source_on_another_address_of_the_host(client, addr):
+    assert dicom(client, addr, 4244, expect="denied")["outcome"] == "refused"
+    assert probe("wl-admin", "tcp", SERVER_MGMT_V4, 22) == "open"  # the operator's path itself is open
+
+
+# Persistence: one template unit, one instance per table. The single unit of
+# earlier versions, which prepare left enabled, is gone.
+
+def test_the_table_loads_at_boot_through_its_own_unit_instance():
+    server = host("wl-server")
+    assert server.run("systemctl is-enabled dicomsec-nftables@dicomsec.service").stdout.strip() == "enabled"
+    assert server.file("/etc/nftables.d").mode == 0o750
+    assert server.file("/etc/nftables.d/dicomsec.nft").mode == 0o640
+
+
+def test_the_unit_of_earlier_versions_was_retired():
+    server = host("wl-server")
+    assert not server.file("/etc/systemd/system/dicomsec-nftables.service").exists
+    assert not server.file("/etc/systemd/system/sysinit.target.wants/dicomsec-nftables.service").exists
+
+
+# Two tables from two invocations of the role on one host: the second narrows
+# 11112 to the allowed modality; the remote site the server's own table lets in
+# is refused there while the second table lives, and let in again once it is
+# removed with nftables_whitelist_state=absent.
+
+def run_playbook(playbook, *flags):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ansible.cfg"))
+    return subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, os.path.join(SCENARIO, playbook), *flags],
+        capture_output=True, text=True, timeout=300, check=False, env=env,
+    )
+
+
+def changed_on_server(result):
+    recap = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # molecule asks for colour
+    return int(re.search(r"^wl-server\s*:\s*ok=\d+\s+changed=(\d+)", recap, re.M).group(1))
+
+
+def test_a_second_table_lives_beside_the_first_each_idempotent_and_goes_cleanly():
+    server = host("wl-server")
+    before = live_digest()
+    first = run_playbook("extra_table.yml")
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert changed_on_server(first) > 0
+    again = run_playbook("extra_table.yml")
+    assert again.returncode == 0 and changed_on_server(again) == 0, again.stdout[-3000:]
+    assert live_digest() == before  # the first table untouched
+    assert server.run("systemctl is-enabled dicomsec-nftables@extra.service").stdout.strip() == "enabled"
+    assert echo_accepted("wl-allowed", SERVER_V4, 11112)
+    assert dicom("wl-remote-ok", SERVER_V4, 11112, expect="denied")["outcome"] == "refused"
+    assert echo_accepted("wl-remote-ok", SERVER_V4, 104)  # the first table still lets it in
+
+    removed = run_playbook("extra_table.yml", "-e", "extra_table_state=absent")
+    assert removed.returncode == 0, removed.stdout[-3000:]
+    assert "table inet extra" not in server.check_output("nft list tables inet").splitlines()
+    assert not server.file("/etc/nftables.d/extra.nft").exists
+    assert server.run("systemctl is-enabled dicomsec-nftables@extra.service").stdout.strip() != "enabled"
+    assert live_digest() == before
+    assert echo_accepted("wl-remote-ok", SERVER_V4, 11112)
+    again = run_playbook("extra_table.yml", "-e", "extra_table_state=absent")
+    assert again.returncode == 0 and changed_on_server(again) == 0, again.stdout[-3000:]
 
 
 # Last: the restart drops the lab routes that prepare added.
@@ -330,11 +412,11 @@ def test_whitelist_survives_a_reboot():
     while server.run("systemctl is-system-running").stdout.strip() not in ("running", "degraded"):
         assert time.time() < deadline, server.run("systemctl --failed --no-legend").stdout
         time.sleep(0.5)
-    assert server.run("systemctl is-active dicomsec-nftables").stdout.strip() == "active"
+    assert server.run("systemctl is-active dicomsec-nftables@dicomsec").stdout.strip() == "active"
     assert live_digest() == before
     # The lab SCP needs a moment after boot to import pynetdicom and listen.
     deadline = time.time() + 20
     while server.run("ss -Htln 'sport = :104'").stdout.strip() == "" and time.time() < deadline:
         time.sleep(0.5)
-    assert probe("wl-allowed", "echo", SERVER_V4, 104) == "accepted 0x0"
+    assert echo_accepted("wl-allowed", SERVER_V4, 104)
     assert probe("wl-denied", "tcp", SERVER_V4, 104) == "refused"

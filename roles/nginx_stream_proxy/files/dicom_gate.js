@@ -533,6 +533,13 @@ function jwtCheck(token) {
         });
 }
 
+// A name from the wire is looked up among the policy's own users only: "constructor" or
+// "__proto__" must not find something an object inherits.
+function policyUser(name) {
+    return typeof name === 'string' && Object.prototype.hasOwnProperty.call(POLICY.users, name)
+        ? POLICY.users[name] : undefined;
+}
+
 // Resolves to {user, reason}: reason null means the identity is accepted.
 function identityCheck(L, rq) {
     var id = rq.identity;
@@ -548,7 +555,7 @@ function identityCheck(L, rq) {
     var checked;
     if (id.type === 1 || id.type === 2) {
         var name = utf8(id.primary);
-        var user = name === null ? undefined : POLICY.users[name];
+        var user = name === null ? undefined : policyUser(name);
         var shown = name === null ? '' : name.slice(0, 64);
         if (id.type === 1) {
             checked = Promise.resolve({user: shown, reason: user ? null : 'unknown-user'});
@@ -569,7 +576,7 @@ function identityCheck(L, rq) {
         }
     } else if (id.type === 5) {
         checked = jwtCheck(id.primary).then(function (r) {
-            if (!r.reason && !POLICY.users[r.user]) {
+            if (!r.reason && !policyUser(r.user)) {
                 return {user: r.user.slice(0, 64), reason: 'unknown-user'};
             }
             return {user: (r.user || '').slice(0, 64), reason: r.reason || null};
@@ -579,7 +586,7 @@ function identityCheck(L, rq) {
     }
     return checked.then(function (r) {
         if (!r.reason) {
-            var aes = POLICY.users[r.user].calling_aes || [];
+            var aes = policyUser(r.user).calling_aes || [];
             if (aes.indexOf(rq.calling.text) < 0) {
                 r.reason = 'user-not-allowed-on-calling-ae';
             }

@@ -153,6 +153,15 @@ def test_username_only_for_an_unknown_user_is_rejected(gateway):
     assert_rejected(probe(gateway, "username_only", identity={"type": "username", "username": "stranger"}), IDENTITY)
 
 
+@pytest.mark.parametrize("name", ["constructor", "__proto__", "hasOwnProperty"])
+def test_a_user_named_after_an_inherited_property_is_unknown(gateway, name):
+    # The policy's users are a plain object: only its own keys are users.
+    assert_rejected(probe(gateway, "username_only", identity={"type": "username", "username": name}), IDENTITY)
+    assert last_decision(gateway, user=name, reason="unknown-user")
+    assert_rejected(probe(gateway, "plain", identity=passcode(name, secret="whatever")), IDENTITY)
+    assert last_decision(gateway, user=name, identity_type="username_passcode", reason="unknown-user")
+
+
 def test_user_on_a_calling_ae_not_theirs_is_rejected(gateway):
     # mr02tech may use MR02 only; CT01 from its own source is otherwise fine.
     assert_rejected(probe(gateway, "plain", identity=passcode("mr02tech")), IDENTITY)
