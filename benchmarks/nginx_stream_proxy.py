@@ -47,7 +47,6 @@ import shutil
 import socket
 import ssl
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "integration" / "roles" / "nginx_stream_proxy"))
 from collections_path import collections_path  # noqa: E402  (the tests' helpers, one copy)
 from gate_lab import GatePki, Idp, Nginx, SyslogSink, make_root, nginx_missing, render_gateway  # noqa: E402
-from lab_servers import LOOPBACK, Orthanc, Unavailable, free_port, stop_process, wait_port  # noqa: E402
+from lab_servers import LOOPBACK, Instances, Orthanc, Unavailable, free_port, read_pdu, stop_process, wait_port  # noqa: E402
 
 sys.path.insert(0, collections_path())
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu  # noqa: E402
@@ -86,53 +85,6 @@ def pbkdf2_hash(passcode, iterations):
     salt = os.urandom(16)
     key = hashlib.pbkdf2_hmac("sha256", passcode.encode(), salt, iterations, 32)
     return "pbkdf2-sha256$%d$%s$%s" % (iterations, base64.b64encode(salt).decode(), base64.b64encode(key).decode())
-
-
-# ---------------------------------------------------------------------------------------
-# Instances
-# ---------------------------------------------------------------------------------------
-
-
-class Instances:
-    """N CT instances of SIZE KB of pixel data; ``refresh`` gives them new SOP Instance UIDs."""
-
-    def __init__(self, directory, count, size_kb):
-        from pydicom.dataset import FileDataset, FileMetaDataset
-        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        side = int((size_kb * 1024 // 2) ** 0.5)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset("bench", {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.PatientID = "BENCH"
-        ds.PatientName = "Bench^Mark"
-        ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
-        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.1.1"
-        ds.Modality = "CT"
-        ds.Rows = ds.Columns = side
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.PixelData = os.urandom(side * side * 2)
-        self.dataset = ds
-        self.files = [self.directory / ("%05d.dcm" % i) for i in range(count)]
-        self.pixel_bytes = count * len(ds.PixelData)
-        self.refresh()
-
-    def refresh(self):
-        from pydicom.uid import generate_uid
-
-        for path in self.files:
-            uid = generate_uid()
-            self.dataset.SOPInstanceUID = uid
-            self.dataset.file_meta.MediaStorageSOPInstanceUID = uid
-            self.dataset.save_as(path, enforce_file_format=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,22 +247,6 @@ def measure_store(port, path, instances, pki, token_file, client_nagle=False, pr
             "upstream_cpu_ms_per_mb": upstream}
 
 
-def read_pdu(sock):
-    header = b""
-    while len(header) < 6:
-        chunk = sock.recv(6 - len(header))
-        if not chunk:
-            raise RuntimeError("connection closed")
-        header += chunk
-    pdu_type, _reserved, length = struct.unpack(">BBI", header)
-    while length:
-        chunk = sock.recv(min(length, 65536))
-        if not chunk:
-            raise RuntimeError("connection closed")
-        length -= len(chunk)
-    return pdu_type
-
-
 def client_context(pki):
     context = ssl.create_default_context(cafile=pki.path("ca.pem"))
     context.load_cert_chain(pki.path("ct01.pem"), pki.path("ct01.key"))
@@ -328,7 +264,7 @@ def request_for(path, user, token):
 
 def measure_setup(port, path, count, context, user="bench", token=None):
     request = request_for(path, user, token)
-    release = struct.pack(">BBI", 0x05, 0, 4) + bytes(4)
+    release = dicom_pdu.release_rq_bytes()
     connect, associate = [], []
     for _attempt in range(count):
         t0 = time.perf_counter()

@@ -32,7 +32,6 @@ import os
 import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from collections_path import collections_path  # noqa: E402  (the tests' helpers, one copy)
-from lab_servers import LOOPBACK, Orthanc, Unavailable  # noqa: E402
+from lab_servers import LOOPBACK, Instances, Orthanc, Unavailable, read_pdu  # noqa: E402
 
 sys.path.insert(0, collections_path())
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu  # noqa: E402
@@ -55,38 +54,6 @@ MODALITIES = [{"name": "bench", "aet": CLIENT_AET, "host": LOOPBACK, "allow": ["
 STORESCU = "/usr/bin/storescu"
 
 
-def make_instances(directory: Path, count: int, size_kb: int):
-    """Write `count` CT instances with `size_kb` KB of pixel data each; return the pixel bytes in total."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    side = int((size_kb * 1024 // 2) ** 0.5)
-    pixels = os.urandom(side * side * 2)
-    for i in range(count):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(directory / f"{i:05d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.PatientID = "BENCH"
-        ds.PatientName = "Bench^Mark"
-        ds.StudyInstanceUID = ds.SeriesInstanceUID = None
-        ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
-        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.1.1"
-        ds.Modality = "CT"
-        ds.Rows = ds.Columns = side
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.PixelData = pixels
-        ds.save_as(directory / f"{i:05d}.dcm", enforce_file_format=True)
-    return count * len(pixels)
-
-
 def measure_store(port: int, files: list[Path], pixel_bytes: int):
     start = time.perf_counter()
     proc = subprocess.run([STORESCU, "-aet", CLIENT_AET, "-aec", PACS_AET, LOOPBACK, str(port), *map(str, files)],
@@ -97,25 +64,9 @@ def measure_store(port: int, files: list[Path], pixel_bytes: int):
     return {"seconds": elapsed, "mb_per_s": pixel_bytes / elapsed / 1e6}
 
 
-def read_pdu(sock: socket.socket) -> int:
-    header = b""
-    while len(header) < 6:
-        chunk = sock.recv(6 - len(header))
-        if not chunk:
-            raise RuntimeError("connection closed")
-        header += chunk
-    pdu_type, _reserved, length = struct.unpack(">BBI", header)
-    while length:
-        chunk = sock.recv(min(length, 65536))
-        if not chunk:
-            raise RuntimeError("connection closed")
-        length -= len(chunk)
-    return pdu_type
-
-
 def measure_raw_associations(port: int, count: int):
     request = dicom_pdu.build_associate_rq(PACS_AET, CLIENT_AET, "echo")
-    release = struct.pack(">BBI", 0x05, 0, 4) + bytes(4)
+    release = dicom_pdu.release_rq_bytes()
     setup, teardown = [], []
     for _attempt in range(count):
         with socket.create_connection((LOOPBACK, port)) as sock:
@@ -171,8 +122,8 @@ def run(args):
     try:
         data = work / "instances"
         data.mkdir()
-        pixel_bytes = make_instances(data, args.instances, args.size_kb)
-        files = sorted(data.glob("*.dcm"))
+        instances = Instances(data, args.instances, args.size_kb)
+        pixel_bytes, files = instances.pixel_bytes, instances.files
         results = {}
         for label, nodelay in (("packaged", False), ("tcp_nodelay", True)):
             with Orthanc(work / label, modalities=MODALITIES, aet=PACS_AET, tcp_nodelay=nodelay) as orthanc:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -431,3 +432,67 @@ def shutdown_all(servers):
         thread.start()
     for thread in threads:
         thread.join(10)
+
+
+# ---------------------------------------------------------------------------------------
+# What the benchmarks store and read
+# ---------------------------------------------------------------------------------------
+
+
+class Instances:
+    """N CT instances of SIZE KB of pixel data; ``refresh`` gives them new SOP Instance UIDs."""
+
+    def __init__(self, directory, count, size_kb):
+        from pydicom.dataset import FileDataset, FileMetaDataset
+        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        side = int((size_kb * 1024 // 2) ** 0.5)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset("bench", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.PatientID = "BENCH"
+        ds.PatientName = "Bench^Mark"
+        ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.1.1"
+        ds.Modality = "CT"
+        ds.Rows = ds.Columns = side
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = os.urandom(side * side * 2)
+        self.dataset = ds
+        self.files = [self.directory / ("%05d.dcm" % i) for i in range(count)]
+        self.pixel_bytes = count * len(ds.PixelData)
+        self.refresh()
+
+    def refresh(self):
+        from pydicom.uid import generate_uid
+
+        for path in self.files:
+            uid = generate_uid()
+            self.dataset.SOPInstanceUID = uid
+            self.dataset.file_meta.MediaStorageSOPInstanceUID = uid
+            self.dataset.save_as(path, enforce_file_format=True)
+
+
+def read_pdu(sock):
+    """Read one whole PDU from a blocking socket; return its type."""
+    header = b""
+    while len(header) < 6:
+        chunk = sock.recv(6 - len(header))
+        if not chunk:
+            raise RuntimeError("connection closed")
+        header += chunk
+    pdu_type, _reserved, length = struct.unpack(">BBI", header)
+    while length:
+        chunk = sock.recv(min(length, 65536))
+        if not chunk:
+            raise RuntimeError("connection closed")
+        length -= len(chunk)
+    return pdu_type

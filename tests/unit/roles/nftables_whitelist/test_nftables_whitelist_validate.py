@@ -9,15 +9,12 @@ input that is valid, which must pass.
 
 from __future__ import annotations
 
-import json
-import os
+import functools
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from role_validation import run_all, run_check
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -172,30 +169,16 @@ PLAY = """\
 
 
 def run_case(tmp_path, name, overrides, entry):
-    # The Python running the tests: interpreter discovery may find a broken shim.
-    role_vars = {**VALID, **overrides, "ansible_python_interpreter": sys.executable}
-    case_dir = tmp_path / name
-    case_dir.mkdir()
-    (case_dir / "vars.json").write_text(json.dumps(role_vars))
-    (case_dir / "play.yml").write_text(PLAY.format(entry=entry))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(REPO / "roles"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "--check",
-         "-e", f"@{case_dir / 'vars.json'}", str(case_dir / "play.yml")],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False)
-    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", proc.stdout)
-    return {"rc": proc.returncode, "out": proc.stdout + proc.stderr, "changed": int(recap.group(1)) if recap else None}
+    return run_check(tmp_path / name, "nftables_whitelist", {**VALID, **overrides}, play=PLAY.format(entry=entry))
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("validate")
-    jobs = [(name, overrides, "validate") for name, (overrides, _err) in CASES.items()]
-    jobs += [(name, overrides, "main") for name, (overrides, _err) in MAIN_CASES.items()]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run_case, tmp, name, overrides, entry) for name, overrides, entry in jobs}
-        return {name: f.result() for name, f in futures.items()}
+    jobs = {name: functools.partial(run_case, tmp, name, overrides, "validate") for name, (overrides, _err) in CASES.items()}
+    jobs.update((name, functools.partial(run_case, tmp, name, overrides, "main"))
+                for name, (overrides, _err) in MAIN_CASES.items())
+    return run_all(jobs)
 
 
 ALL = {**CASES, **MAIN_CASES}

@@ -8,15 +8,12 @@ an accepted twin: the same input made valid passes.
 
 from __future__ import annotations
 
-import json
-import os
+import functools
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from role_validation import run_all, run_check
 import yaml
 
 REPO = Path(__file__).resolve().parents[4]
@@ -153,36 +150,15 @@ CASES = {
 
 
 def run_case(tmp_path, name, overrides):
-    # The Python running the tests: interpreter discovery may find a broken shim.
-    role_vars = {**VALID, **overrides, "ansible_python_interpreter": sys.executable}
-    case_dir = tmp_path / name
-    case_dir.mkdir()
-    (case_dir / "vars.json").write_text(json.dumps(role_vars))
     # The role's entry point, limited to its checks: argument_specs, then
-    # tasks/validate.yml. The play stops there, so this machine is not touched.
-    (case_dir / "play.yml").write_text(
-        "- name: Validate pacs_identity input\n"
-        "  hosts: localhost\n"
-        "  connection: local\n"
-        "  gather_facts: true\n"
-        "  roles:\n"
-        "    - role: pacs_identity\n")
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(REPO / "roles"),
-               ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "--check", "--tags", "pacs_identity_validate",
-         "-e", f"@{case_dir / 'vars.json'}", str(case_dir / "play.yml")],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False)
-    recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", proc.stdout)
-    return {"rc": proc.returncode, "out": proc.stdout + proc.stderr, "changed": int(recap.group(1)) if recap else None}
+    # tasks/validate.yml (the tag). The play stops there, so this machine is not touched.
+    return run_check(tmp_path / name, "pacs_identity", {**VALID, **overrides}, tags="pacs_identity_validate")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("validate")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run_case, tmp, name, overrides) for name, (overrides, _error) in CASES.items()}
-        return {name: f.result() for name, f in futures.items()}
+    return run_all({name: functools.partial(run_case, tmp, name, overrides) for name, (overrides, _error) in CASES.items()})
 
 
 @pytest.mark.parametrize("name", [n for n, (_vars, err) in CASES.items() if err is None])
