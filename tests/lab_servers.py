@@ -380,11 +380,13 @@ class ScpPolicy:
     TLS_LEGACY = "tls_legacy"
 
 
-def start_scp(policy, host=LOOPBACK, ae_title="ANY-SCP", port=0, studies=None):
+def start_scp(policy, host=LOOPBACK, ae_title="ANY-SCP", port=0, studies=None, calling_aes=None,
+              ssl_context=None):
     """A pynetdicom SCP for Verification, Study Root C-FIND (answering ``studies``, by
     default STUDY_UIDS) and Secondary Capture C-STORE (the data sets it was sent are in
     ``server.stored``) with ``policy``'s access control; return the running server (stop
-    it with ``shutdown()``)."""
+    it with ``shutdown()``). ``calling_aes`` whitelists those calling AE titles (1/1/3 for
+    any other) whatever the policy; ``ssl_context`` makes it speak DICOM TLS."""
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import (
         SecondaryCaptureImageStorage,
@@ -420,7 +422,9 @@ def start_scp(policy, host=LOOPBACK, ae_title="ANY-SCP", port=0, studies=None):
         handlers.append((evt.EVT_REQUESTED, _refuse_positive_response))
     elif policy in (ScpPolicy.TLS, ScpPolicy.TLS_LEGACY):
         raise ValueError("use start_tls_scp")
-    server = ae.start_server((host, port), block=False, evt_handlers=handlers)
+    if calling_aes is not None:
+        ae.require_calling_aet = list(calling_aes)
+    server = ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
     server.stored = stored
     return server
 

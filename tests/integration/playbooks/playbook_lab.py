@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from dicom_lab import COLLECTIONS_PATH, LOOPBACK, ansible_bin
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
+from lab_servers import ScpPolicy, start_scp
 
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / "playbooks" / "verify.yml"
@@ -43,24 +42,11 @@ def client_tls(pki, client="client"):
 def start_tls_pacs(pki, calling_aes=None, store_status=0x0000):
     """A TLS SCP requiring client certificates from Pki's CA. With ``calling_aes`` it
     rejects every other calling AE title (1/1/3), as Orthanc does for an unknown title or a
-    registered one calling from an address it is not bound to. Each C-STORE is answered
-    with ``store_status``; the datasets it was sent are in ``server.stored``."""
-    ae = AE(ae_title="ANY-SCP")
-    ae.add_supported_context(Verification)
-    ae.add_supported_context(SecondaryCaptureImageStorage)
-    if calling_aes is not None:
-        ae.require_calling_aet = list(calling_aes)
-    stored = []
-
-    def on_store(event):
-        stored.append(event.dataset)
-        return store_status
-
-    server = ae.start_server(
-        (LOOPBACK, 0), block=False, ssl_context=pki.server_context(), evt_handlers=[(evt.EVT_C_STORE, on_store)]
-    )
-    server.stored = stored
-    return server
+    registered one calling from an address it is not bound to. A C-STORE is answered with
+    success, or refused (0xA700) when ``store_status`` says so; the datasets it was sent
+    are in ``server.stored``."""
+    policy = ScpPolicy.OPEN if store_status == 0x0000 else ScpPolicy.STORE_REFUSED
+    return start_scp(policy, calling_aes=calling_aes, ssl_context=pki.server_context())
 
 
 def run_verify(tmp_path, port, group, position_vars, pacs_vars=None):
