@@ -31,6 +31,7 @@ __metaclass__ = type
 
 import asyncio
 import errno
+import ipaddress
 import os
 import socket
 import ssl
@@ -41,10 +42,6 @@ import warnings
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu as pdu
 
 OUTCOMES = ("accepted", "rejected", "aborted", "refused", "timeout", "tls_failed")
-OPERATION_RESULTS = (
-    "success", "warning", "failure", "cancel", "context_rejected", "aborted", "closed", "timeout", "protocol_error",
-    "not_sent",
-)
 DIMSE_CHOICES = ("echo", "find", "store", "none")
 # Lowest first; dicom_args offers the same names as the modules' choices.
 TLS_VERSION_NAMES = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
@@ -172,16 +169,18 @@ _FAMILIES = {}
 
 
 def _numeric_family(host):
-    """Return the address family of a numeric IP address, or None for a host name."""
+    """Return the address family of a numeric IP address, or None for a host name.
+
+    Read by ipaddress, the collection's one address reader. A zone index (fe80::1%eth0)
+    goes the host-name way: getaddrinfo turns it into the scope id a socket needs.
+    """
     if host not in _FAMILIES:
         family = None
-        for candidate in (socket.AF_INET, socket.AF_INET6):
+        if "%" not in host:
             try:
-                socket.inet_pton(candidate, host)
-            except (OSError, ValueError):
-                continue
-            family = candidate
-            break
+                family = socket.AF_INET if ipaddress.ip_address(host).version == 4 else socket.AF_INET6
+            except ValueError:
+                pass
         _FAMILIES[host] = family
     return _FAMILIES[host]
 
