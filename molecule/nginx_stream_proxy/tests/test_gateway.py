@@ -381,6 +381,23 @@ def test_a_passcode_guessing_source_is_banned_and_the_legitimate_user_still_gets
     associate(src="ngx-client", expect="accepted")
 
 
+# --- Capacity ---------------------------------------------------------------------------------
+
+def test_the_running_workers_have_the_roles_connection_and_file_limits():
+    """Debian's nginx.conf says 768, which drops associations under load; the role raised it,
+    and each worker raised its descriptor limit above systemd's 1,024."""
+    gw = host("ngx-gw")
+    config = gw.check_output("nginx -T 2>/dev/null")
+    assert "\tworker_connections 4096;" in config
+    assert "worker_connections 768" not in config
+    assert "worker_rlimit_nofile 8192;" in config
+    workers = gw.check_output("pgrep -f '^nginx: worker process'").split()
+    assert workers
+    for pid in workers:
+        limits = gw.check_output(f"cat /proc/{pid}/limits")
+        assert any(line.startswith("Max open files") and line.split()[3] == "8192" for line in limits.splitlines())
+
+
 # --- No secret in any log --------------------------------------------------------------------
 
 def test_no_log_holds_a_passcode_a_hash_or_a_token():

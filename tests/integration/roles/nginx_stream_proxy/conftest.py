@@ -55,7 +55,7 @@ def gateway():
     gw = Gateway(root, pki, idp)
     gw.upstream = RecordingScp()
     gw.identity_upstream = RecordingScp(ssl_context=pki.server_context(), check_identity=_identity_checker)
-    names = ("plain", "username_only", "optional_identity", "tls", "tls_optional", "pass_through")
+    names = ("plain", "username_only", "optional_identity", "tls", "tls_optional", "tls_crl", "pass_through")
     gw.ports = {name: free_port() for name in names}
     up = gw.upstream.port
     tls = {"certificate": pki.path("server.pem"), "key": pki.path("server.key")}
@@ -69,6 +69,8 @@ def gateway():
                   client_certificate={"ca": pki.path("ca.pem"), "mode": "required", "depth": 2}),
         _listener("tls_optional", gw.ports["tls_optional"], up, calling_aes=["CTTLS"], tls=tls,
                   client_certificate={"ca": pki.path("ca.pem"), "mode": "optional"}),
+        _listener("tls_crl", gw.ports["tls_crl"], up, calling_aes=["CTTLS"], tls=tls,
+                  client_certificate={"ca": pki.path("ca.pem"), "crl": pki.path("ca.crl"), "mode": "required"}),
         _listener("pass_through", gw.ports["pass_through"], gw.identity_upstream.port, calling_aes=["CT01"],
                   identity={"types": ["username_passcode"], "pass_through": True},
                   upstream={"host": "127.0.0.1", "port": gw.identity_upstream.port,

@@ -89,10 +89,20 @@ class GatePki:
         ca_key, ca = issue("dicom gate test CA", None, name("dicom gate test CA"), ca=True)
         write("ca", ca)
         other_key, other = issue("untrusted test CA", None, name("untrusted test CA"), ca=True)
+        issued = {}
         for stem, cn, key_of, issuer in (("server", "localhost", ca_key, ca), ("ct01", "CT01", ca_key, ca),
-                                         ("mr02", "MR02", ca_key, ca), ("intruder", "CT01", other_key, other)):
+                                         ("mr02", "MR02", ca_key, ca), ("intruder", "CT01", other_key, other),
+                                         ("revoked", "CT01", ca_key, ca)):
             key, cert = issue(cn, key_of, issuer.subject, server=stem == "server")
             write(stem, cert, key)
+            issued[stem] = cert
+        # The CA's revocation list: CT01's second certificate is withdrawn, its first is not.
+        revoked = (x509.RevokedCertificateBuilder().serial_number(issued["revoked"].serial_number)
+                   .revocation_date(now - datetime.timedelta(hours=1)).build())
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject)
+               .last_update(now - datetime.timedelta(hours=1)).next_update(now + datetime.timedelta(days=7))
+               .add_revoked_certificate(revoked).sign(ca_key, hashes.SHA256()))
+        (self.root / "ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
 
     def path(self, name):
         return str(self.root / name)
@@ -268,15 +278,26 @@ def _playbook(out):
             {"name": "Render the stream configuration",
              "ansible.builtin.template": {"src": str(ROLE / "templates" / "nginx-stream.conf.j2"),
                                           "dest": str(out / "stream.conf"), "mode": "0644"}},
+            {"name": "Raise worker_connections in the main configuration with the role's own task",
+             "ansible.builtin.import_tasks": str(ROLE / "tasks" / "worker_limits.yml"),
+             "vars": {"nginx_stream_proxy__nginx_conf": str(out / "nginx.conf"),
+                      "nginx_stream_proxy__binary": NGINX,
+                      "nginx_stream_proxy__nginx_absent": False}},
+        ],
+        "handlers": [
+            {"name": "Reload nginx", "ansible.builtin.meta": "noop"},
         ],
     }]
 
 
 def render_gateway(root, role_vars):
-    """Render the role's gate, policy and stream.conf into ``root`` (gate/, stream.conf)."""
+    """Render the role's gate, policy and stream.conf into ``root`` (gate/, stream.conf), and
+    a main nginx.conf whose events {} starts as Debian ships it and is then raised by the
+    role's own task, so the limits under test are the ones the role sets."""
     root = Path(root)
     for sub in ("gate", "render", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "nginx.conf").write_text(MAIN_CONF.format(modules=MODULES, root=root))
     playbook = root / "render" / "playbook.json"
     playbook.write_text(json.dumps(_playbook(root)))
     # The variables hold passcodes: a file only we can read, removed after the run.
@@ -303,33 +324,24 @@ load_module {modules}/ngx_stream_js_module.so;
 worker_processes 2;
 pid {root}/nginx.pid;
 error_log {root}/error.log info;
-{rlimit}events {{
-    worker_connections {worker_connections};
+events {{
+	worker_connections 768;
 }}
 include {root}/stream.conf;
 """
 
 
 class Nginx:
-    """nginx on a prefix of its own, in the foreground, stopped by its handle.
+    """nginx on a prefix of its own, in the foreground, stopped by its handle, with the
+    nginx.conf and stream.conf that render_gateway wrote there."""
 
-    ``worker_connections`` counts both sides of each proxied connection; ``rlimit_nofile``
-    (worker_rlimit_nofile) lets a worker open that many descriptors when the limit it
-    inherits is lower.
-    """
-
-    def __init__(self, root, worker_connections=1024, rlimit_nofile=None):
+    def __init__(self, root):
         self.root = Path(root)
-        self.worker_connections = worker_connections
-        self.rlimit_nofile = rlimit_nofile
         self.conf = self.root / "nginx.conf"
         self.proc = None
         self.log = None
 
     def test_config(self):
-        rlimit = "worker_rlimit_nofile %d;\n" % self.rlimit_nofile if self.rlimit_nofile else ""
-        self.conf.write_text(MAIN_CONF.format(modules=MODULES, root=self.root, rlimit=rlimit,
-                                              worker_connections=self.worker_connections))
         return subprocess.run([NGINX, "-t", "-q", "-p", str(self.root), "-c", str(self.conf)],
                               capture_output=True, text=True, check=False)
 

@@ -249,6 +249,28 @@ def test_tls_client_with_an_untrusted_certificate_is_closed(gateway):
     assert_closed(probe(gateway, "tls", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls("intruder")))
 
 
+def test_a_listener_with_a_crl_accepts_a_certificate_the_ca_still_stands_behind(gateway):
+    result = probe(gateway, "tls_crl", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls("ct01"))
+    assert_accepted(result)
+
+
+def test_a_listener_with_a_crl_closes_a_revoked_certificate_at_the_tls_layer(gateway):
+    gateway.upstream.clear()
+    result = probe(gateway, "tls_crl", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls("revoked"))
+    # With TLS 1.3 the client learns of the refusal after its side of the handshake is done,
+    # as an alert on its first read: aborted or tls_failed, never an association.
+    assert_closed(result)
+    assert last_decision(gateway, listener="tls_crl", verdict="close", reason="tls-or-internal-error")
+    assert "certificate revoked" in gateway.nginx.error_log()
+    assert gateway.upstream.associations == [] and bytes(gateway.upstream.raw) == b""
+
+
+def test_the_revoked_certificate_is_accepted_where_no_crl_is_configured(gateway):
+    # The twin: the same certificate on the listener without a CRL, so the CRL is what refused it.
+    result = probe(gateway, "tls", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls("revoked"))
+    assert_accepted(result)
+
+
 def test_tls_1_1_is_refused(gateway):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False

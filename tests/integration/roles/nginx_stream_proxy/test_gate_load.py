@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 """500 concurrent associations through the association gate, with a reload in the middle.
 
-The gateway is rendered by the role's templates (gate_lab.render_gateway) in front of a
+The gateway is rendered by the role's templates and its worker_limits task (gate_lab.render_gateway,
+so the connection limits are the role's defaults, not Debian's 768) in front of a
 pynetdicom SCP that holds associations where the test says, so that the moment of the
 reload is chosen by what is established, not by a clock:
 
@@ -31,9 +32,10 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from gate_lab import Nginx, free_port, make_root, nginx_missing, read_decisions, render_gateway, wait_for
+from gate_lab import ROLE, Nginx, free_port, make_root, nginx_missing, read_decisions, render_gateway, wait_for
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe
 
@@ -46,8 +48,6 @@ TOTAL = ESTABLISHED + IN_SETUP + AFTER_RELOAD
 # Generous: a probe's deadline must outlast the holds (wave 1 waits for all of wave 2) on a
 # two-core machine loaded by other work; no assertion is made on any duration.
 PROBE_TIMEOUT = 150
-# Both sides of 500 proxied connections in one worker, if one worker takes them all.
-WORKER_CONNECTIONS = 4096
 
 
 class HoldingScp:
@@ -176,7 +176,7 @@ def load_gateway(descriptors):
         scp = HoldingScp()
         render_gateway(root, _role_vars(root, port, scp.port, late_user=False))
         (root / "run").chmod(0o755)
-        nginx = Nginx(root, worker_connections=WORKER_CONNECTIONS, rlimit_nofile=2 * WORKER_CONNECTIONS).start([port])
+        nginx = Nginx(root).start([port])
         yield LoadGateway(root, port, scp, nginx)
     finally:
         if nginx is not None:
@@ -184,6 +184,32 @@ def load_gateway(descriptors):
         if scp is not None:
             scp.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _role_default(name):
+    import yaml
+
+    return yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())[name]
+
+
+def _open_files_limit(pid):
+    for line in Path("/proc/%d/limits" % pid).read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files limit for pid %d" % pid)
+
+
+def test_the_workers_run_with_the_roles_limits_not_debians(load_gateway):
+    """What lets 500 associations through: the role's task replaced Debian's 768 in events {},
+    and each worker raised its descriptor limit above systemd's 1,024."""
+    connections = _role_default("nginx_stream_proxy_worker_connections")
+    nofile = _role_default("nginx_stream_proxy_worker_rlimit_nofile")
+    conf = (load_gateway.root / "nginx.conf").read_text()
+    assert "\tworker_connections %d;\n" % connections in conf
+    assert "worker_connections 768" not in conf
+    workers = load_gateway.nginx.worker_pids()
+    assert workers
+    assert [_open_files_limit(pid) for pid in workers] == [nofile] * len(workers)
 
 
 def _request(port, user=USER, passcode=PASSCODE):

@@ -115,6 +115,13 @@ CASES = {
                            "nginx_stream_proxy_jwt has neither keys nor jwks"),
     "too_few_iterations": ({"nginx_stream_proxy_pbkdf2_iterations": 1000}, "must be 10000-2000000"),
     "no_listener": ({"nginx_stream_proxy_listeners": []}, "nginx_stream_proxy_listeners must name at least one listener"),
+    "worker_limits_sized_for_a_large_estate": ({"nginx_stream_proxy_worker_connections": 65536,
+                                                "nginx_stream_proxy_worker_rlimit_nofile": 131072}, None),
+    "too_few_worker_connections": ({"nginx_stream_proxy_worker_connections": 16},
+                                   "nginx_stream_proxy_worker_connections (16) must be 64-1048576"),
+    "open_files_below_connections": ({"nginx_stream_proxy_worker_connections": 4096,
+                                      "nginx_stream_proxy_worker_rlimit_nofile": 1024},
+                                     "nginx_stream_proxy_worker_rlimit_nofile (1024) must be at least"),
     # Caught by meta/argument_specs.yml at the role's entry, naming the variable.
     "unknown_identity_type": (listener(identity={"types": ["kerberos"]}),
                               "Got no match for: kerberos found in nginx_stream_proxy_listeners -> identity"),
