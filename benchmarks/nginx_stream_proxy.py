@@ -29,8 +29,15 @@ the added milliseconds against direct and against the anchor, and whether the go
 met. ``--stream-directive`` and ``--drop-directive`` change every proxying server of the
 anchor and of the gateway, to measure a knob the template does not have yet.
 
+``--placement gateway-core`` puts nginx (anchor and gateway) on a CPU of its own and the client
+and upstreams on the others, as in the documented deployment where the gateway is a host of
+its own; the default, ``shared``, lets all of them compete for every CPU, as when the gateway
+runs on the PACS's host. Every path of a run has the same placement, so the ratios compare
+like with like.
+
 Usage: python benchmarks/nginx_stream_proxy.py [--instances 200] [--size-kb 512] [--rounds 3]
-       [--associations 40] [--stream-directive 'proxy_buffer_size 64k'] [--drop-directive js_filter] [--json]
+       [--associations 40] [--stream-directive 'proxy_buffer_size 64k'] [--drop-directive js_filter]
+       [--placement shared|gateway-core] [--json]
 Needs: Debian's nginx, libnginx-mod-stream, libnginx-mod-stream-js, orthanc and dcmtk.
 """
 
@@ -57,7 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "integration" / "roles" / "nginx_stream_proxy"))
 from collections_path import collections_path  # noqa: E402  (the tests' helpers, one copy)
-from gate_lab import GatePki, Idp, Nginx, SyslogSink, make_root, nginx_missing, render_gateway  # noqa: E402
+from gate_lab import GatePki, Idp, Nginx, SyslogSink, make_root, nginx_missing, render_gateway, write_main_conf  # noqa: E402
 from lab_servers import LOOPBACK, Instances, Orthanc, Unavailable, free_port, read_pdu, stop_process, wait_port  # noqa: E402
 
 sys.path.insert(0, collections_path())
@@ -294,6 +301,22 @@ def measure_setup(port, path, count, context, user="bench", token=None):
 # ---------------------------------------------------------------------------------------
 
 
+def pin(pid, cpus):
+    """Put every thread of a running process on these CPUs."""
+    for task in os.listdir("/proc/%d/task" % pid):
+        os.sched_setaffinity(int(task), cpus)
+
+
+def placement_cpus(placement):
+    """(CPUs for the client and the upstreams, CPUs for nginx) or None when everything shares."""
+    if placement == "shared":
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("--placement gateway-core needs at least two CPUs; this process may use %d" % len(cpus))
+    return set(cpus[:-1]), {cpus[-1]}
+
+
 def run(args):
     missing = nginx_missing() + [p for p in (STORESCU, STORESCP) if not os.path.exists(p)]
     try:
@@ -303,6 +326,10 @@ def run(args):
     if missing:
         sys.exit("missing %s: install Debian's nginx, libnginx-mod-stream, libnginx-mod-stream-js, orthanc, dcmtk"
                  % ", ".join(missing))
+    cpus = placement_cpus(args.placement)
+    if cpus is not None:
+        # Inherited by every process started from here on: storescu, Orthanc, storescp.
+        os.sched_setaffinity(0, cpus[0])
     work = Path(tempfile.mkdtemp(prefix="gate-bench-"))
     work.chmod(0o755)
     started = []
@@ -327,6 +354,7 @@ def run(args):
         started.append(anchor_root)
         (anchor_root / "stream.conf").write_text(anchor_conf(pki, ports, upstream_ports))
         adjust(anchor_root / "stream.conf", args.stream_directive, args.drop_directive)
+        write_main_conf(anchor_root)
         anchor = Nginx(anchor_root)
         gate_root = make_root()
         started.append(gate_root)
@@ -340,6 +368,10 @@ def run(args):
         started.append(anchor)
         gate.start([ports[(p, n)] for p in GATE_PATHS for n in UPSTREAMS])
         started.append(gate)
+        if cpus is not None:
+            for server in (anchor, gate):
+                for pid in [server.proc.pid] + server.worker_pids():
+                    pin(pid, cpus[1])
         context = client_context(pki)
 
         store = {(p, n): [] for p in PATHS for n in UPSTREAMS}
@@ -432,6 +464,9 @@ def main():
                         help="remove this directive (e.g. js_filter) from the anchor's and the gateway's servers")
     parser.add_argument("--client-nagle", action="store_true",
                         help="leave Nagle's algorithm on in storescu (DCMTK's default without TCP_NODELAY=1)")
+    parser.add_argument("--placement", choices=("shared", "gateway-core"), default="shared",
+                        help="shared: client, nginx and upstreams share every CPU (default); gateway-core: "
+                             "nginx on a CPU of its own, as on a gateway host, the client and upstreams on the others")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     res = run(args)
@@ -440,8 +475,11 @@ def main():
         print(json.dumps({"summary": summary, "tls_versions": res["tls_versions"], "nginx_errors": res["nginx_errors"],
                           "instances": args.instances, "size_kb": args.size_kb, "rounds": args.rounds,
                           "associations": args.associations, "stream_directive": args.stream_directive,
-                          "drop_directive": args.drop_directive, "load_average": os.getloadavg()}, indent=2))
+                          "drop_directive": args.drop_directive, "placement": args.placement,
+                          "load_average": os.getloadavg()}, indent=2))
         return
+    print("placement: %s" % ("nginx on a CPU of its own, client and upstreams on the others"
+                             if args.placement == "gateway-core" else "client, nginx and upstreams share every CPU"))
     print("loopback, 2 workers per nginx; C-STORE %d x %d KB per run (storescu, one association); "
           "%d rounds, paths in rotating order; setup: %d associations per path per round (raw client, full TLS "
           "handshakes), medians; TLS %s; storescu with Nagle %s; load average at the end %.1f"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from gate_lab import CALLED_AE, PASSCODES, GatePki, Idp, Nginx, RecordingScp, SyslogSink, free_port, make_root, nginx_missing, render_gateway
+from gate_lab import CALLED_AE, PASSCODES, GatePki, Idp, Nginx, RecordingScp, SyslogSink, free_port, make_root, render_gateway, skip_without_nginx
 
 
 class Gateway:
@@ -45,9 +45,7 @@ def _listener(name, port, upstream_port, **extra):
 
 @pytest.fixture(scope="session")
 def gateway():
-    missing = nginx_missing()
-    if missing:
-        pytest.skip("needs Debian's nginx, libnginx-mod-stream and libnginx-mod-stream-js: missing " + ", ".join(missing))
+    skip_without_nginx()
     root = make_root()
     (root / "pki").mkdir()
     pki = GatePki(root / "pki")
@@ -113,3 +111,22 @@ def gateway():
         gw.upstream.stop()
         gw.identity_upstream.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dicom_file(tmp_path_factory):
+    """One Secondary Capture instance on disk, for DCMTK's storescu."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "GATE^TEST", "GATE-0001", "OT"
+    path = tmp_path_factory.mktemp("dcm") / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)

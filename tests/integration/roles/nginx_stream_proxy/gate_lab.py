@@ -47,6 +47,15 @@ def nginx_missing():
     return missing
 
 
+def skip_without_nginx():
+    """Skip the calling test unless Debian's nginx and its stream modules are installed."""
+    import pytest
+
+    missing = nginx_missing()
+    if missing:
+        pytest.skip("needs Debian's nginx, libnginx-mod-stream and libnginx-mod-stream-js: missing " + ", ".join(missing))
+
+
 # ---------------------------------------------------------------------------------------
 # Certificates
 # ---------------------------------------------------------------------------------------
@@ -297,7 +306,7 @@ def render_gateway(root, role_vars):
     root = Path(root)
     for sub in ("gate", "render", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "nginx.conf").write_text(MAIN_CONF.format(modules=MODULES, root=root))
+    write_main_conf(root)
     playbook = root / "render" / "playbook.json"
     playbook.write_text(json.dumps(_playbook(root)))
     # The variables hold passcodes: a file only we can read, removed after the run.
@@ -329,6 +338,12 @@ events {{
 }}
 include {root}/stream.conf;
 """
+
+
+def write_main_conf(root):
+    """nginx.conf for a prefix of its own: the stream modules, events {} as Debian ships it,
+    and ``root``/stream.conf at the main level."""
+    (Path(root) / "nginx.conf").write_text(MAIN_CONF.format(modules=MODULES, root=root))
 
 
 class Nginx:
@@ -428,4 +443,4 @@ def wait_for(predicate, timeout=5.0):
 
 
 __all__ = ["CALLED_AE", "PASSCODES", "GatePki", "Idp", "Nginx", "RecordingScp", "SyslogSink", "Unavailable", "free_port", "make_root",
-           "nginx_missing", "read_decisions", "render_gateway", "shutil", "wait_for"]
+           "nginx_missing", "read_decisions", "render_gateway", "skip_without_nginx", "write_main_conf", "shutil", "wait_for"]

@@ -376,24 +376,6 @@ def test_no_positive_response_is_added_when_none_was_requested(gateway):
     assert not (result["identity_response"] or {}).get("present"), result
 
 
-@pytest.fixture(scope="module")
-def dicom_file(tmp_path_factory):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "GATE^TEST", "GATE-0001", "OT"
-    path = tmp_path_factory.mktemp("dcm") / "sc.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return str(path)
-
-
 def storescu(port, dicom_file, *identity, calling="CT01"):
     if not Path(STORESCU).exists():
         pytest.skip("DCMTK storescu is not installed")

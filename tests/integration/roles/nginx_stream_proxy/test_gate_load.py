@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gate_lab import ROLE, Nginx, free_port, make_root, nginx_missing, read_decisions, render_gateway, wait_for
+from gate_lab import ROLE, Nginx, free_port, make_root, read_decisions, render_gateway, skip_without_nginx, wait_for
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe
 
@@ -165,10 +165,7 @@ def descriptors():
 
 @pytest.fixture(scope="module")
 def load_gateway(descriptors):
-    missing = nginx_missing()
-    if missing:
-        pytest.skip("needs Debian's nginx, libnginx-mod-stream and libnginx-mod-stream-js: missing "
-                    + ", ".join(missing))
+    skip_without_nginx()
     root = make_root()
     scp = nginx = None
     port = free_port()

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from gate_lab import CALLED_AE, PASSCODES, Nginx, free_port, make_root, nginx_missing, render_gateway
+from gate_lab import CALLED_AE, PASSCODES, Nginx, free_port, make_root, render_gateway, skip_without_nginx
 from lab_servers import LOOPBACK, Orthanc, Unavailable
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe
@@ -42,9 +42,7 @@ class OrthancGateway:
 
 @pytest.fixture(scope="module")
 def orthanc_gateway():
-    missing = nginx_missing()
-    if missing:
-        pytest.skip("needs Debian's nginx, libnginx-mod-stream and libnginx-mod-stream-js: missing " + ", ".join(missing))
+    skip_without_nginx()
     root = make_root()
     orthanc = nginx = None
     try:
@@ -111,24 +109,6 @@ def test_orthanc_alone_accepts_the_same_identity_and_never_answers_it(orthanc_ga
     assert result["identity_response"]["present"] is False, result
 
 
-@pytest.fixture(scope="module")
-def dicom_file(tmp_path_factory):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "GATE^ORTHANC", "GATE-0002", "OT"
-    path = tmp_path_factory.mktemp("dcm") / "sc.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return path, str(ds.SOPInstanceUID)
-
-
 def _storescu(port, dicom_file):
     if not Path(STORESCU).exists():
         pytest.skip("DCMTK storescu is not installed")
@@ -138,13 +118,14 @@ def _storescu(port, dicom_file):
 
 
 def test_dcmtk_storescu_asking_for_a_positive_response_stores_into_orthanc_through_the_gate(orthanc_gateway, dicom_file):
-    path, uid = dicom_file
-    proc = _storescu(orthanc_gateway.port, path)
+    from pydicom import dcmread
+
+    proc = _storescu(orthanc_gateway.port, dicom_file)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert orthanc_gateway.stored(uid)
+    assert orthanc_gateway.stored(str(dcmread(dicom_file).SOPInstanceUID))
 
 
 def test_dcmtk_storescu_asking_for_a_positive_response_fails_against_orthanc_alone(orthanc_gateway, dicom_file):
-    proc = _storescu(orthanc_gateway.orthanc.dicom_port, dicom_file[0])
+    proc = _storescu(orthanc_gateway.orthanc.dicom_port, dicom_file)
     assert proc.returncode != 0
     assert "Positive response requested but none received" in proc.stdout + proc.stderr
