@@ -359,6 +359,29 @@ def _refuse_positive_response(event):
         event.assoc.kill()
 
 
+# The move destinations an SCP knows; any other is refused with 0xA801 unless the policy is
+# MOVE_ANY_DESTINATION.
+MOVE_DESTINATIONS = {"CT01": (LOOPBACK, 104)}
+
+
+def _move_handler(any_destination):
+    def handler(event):
+        destination = MOVE_DESTINATIONS.get(event.move_destination.strip())
+        if destination is None and any_destination:
+            # What an archive that does not check destinations does: it would connect to
+            # whatever the caller names; there is nothing to send for this study.
+            destination = (LOOPBACK, 1)
+        yield destination if destination is not None else (None, None)
+        yield 0
+
+    return handler
+
+
+def _get_handler(event):
+    # No study matches: zero sub-operations, success (PS3.4 C.4.3.3.1).
+    yield 0
+
+
 def _store_handler(status, stored):
     def handler(event):
         stored.append(event.dataset)
@@ -376,6 +399,7 @@ class ScpPolicy:
     IDENTITY = "identity"
     NO_POSITIVE_RESPONSE = "no_positive_response"  # open, but refuses positive-response requests
     STORE_REFUSED = "store_refused"  # open, but answers every C-STORE with 0xA700 (out of resources)
+    MOVE_ANY_DESTINATION = "move_any_destination"  # open, and a C-MOVE to any destination AE succeeds
     TLS = "tls"
     TLS_LEGACY = "tls_legacy"
 
@@ -383,14 +407,17 @@ class ScpPolicy:
 def start_scp(policy, host=LOOPBACK, ae_title="ANY-SCP", port=0, studies=None, calling_aes=None,
               ssl_context=None):
     """A pynetdicom SCP for Verification, Study Root C-FIND (answering ``studies``, by
-    default STUDY_UIDS) and Secondary Capture C-STORE (the data sets it was sent are in
-    ``server.stored``) with ``policy``'s access control; return the running server (stop
+    default STUDY_UIDS), Study Root C-MOVE (to MOVE_DESTINATIONS only, 0xA801 for any other)
+    and C-GET (no study matches), and Secondary Capture C-STORE (the data sets it was sent
+    are in ``server.stored``) with ``policy``'s access control; return the running server (stop
     it with ``shutdown()``). ``calling_aes`` whitelists those calling AE titles (1/1/3 for
     any other) whatever the policy; ``ssl_context`` makes it speak DICOM TLS."""
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import (
         SecondaryCaptureImageStorage,
         StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
         Verification,
     )
 
@@ -401,11 +428,15 @@ def start_scp(policy, host=LOOPBACK, ae_title="ANY-SCP", port=0, studies=None, c
     ae.add_supported_context(Verification)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_supported_context(SecondaryCaptureImageStorage)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
     stored = []
     store_status = 0xA700 if policy == ScpPolicy.STORE_REFUSED else 0x0000
     handlers = [
         (evt.EVT_C_FIND, _find_handler(tuple(STUDY_UIDS if studies is None else studies))),
         (evt.EVT_C_STORE, _store_handler(store_status, stored)),
+        (evt.EVT_C_MOVE, _move_handler(policy == ScpPolicy.MOVE_ANY_DESTINATION)),
+        (evt.EVT_C_GET, _get_handler),
     ]
     if policy == ScpPolicy.CALLING_WHITELIST:
         ae.require_calling_aet = list(CALLING_WHITELIST)

@@ -44,6 +44,8 @@ except ImportError:  # the modules report it with missing_required_lib
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 # The probe's own Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID under the
@@ -148,7 +150,25 @@ OPERATIONS = {
     "echo": {"name": "C-ECHO", "context_id": 1, "sop_class": VERIFICATION_SOP_CLASS, "response": 0x8030},
     "find": {"name": "C-FIND", "context_id": 3, "sop_class": STUDY_ROOT_FIND, "response": 0x8020},
     "store": {"name": "C-STORE", "context_id": 5, "sop_class": SECONDARY_CAPTURE_STORAGE, "response": 0x8001},
+    "move": {"name": "C-MOVE", "context_id": 7, "sop_class": STUDY_ROOT_MOVE, "response": 0x8021},
+    "get": {"name": "C-GET", "context_id": 9, "sop_class": STUDY_ROOT_GET, "response": 0x8010},
 }
+# The storage SOP classes an exposure check offers (PS3.4 Table B.5-1): what modalities in
+# a hospital send every day, so an archive that stores anything accepts at least one.
+# Only the A-ASSOCIATE-AC is read; nothing is ever sent on these contexts.
+STORAGE_EXPOSURE_CLASSES = (
+    ("CT", "1.2.840.10008.5.1.4.1.1.2"),
+    ("MR", "1.2.840.10008.5.1.4.1.1.4"),
+    ("CR", "1.2.840.10008.5.1.4.1.1.1"),
+    ("DX", "1.2.840.10008.5.1.4.1.1.1.1"),
+    ("US", "1.2.840.10008.5.1.4.1.1.6.1"),
+    ("MG", "1.2.840.10008.5.1.4.1.1.1.2"),
+    ("NM", "1.2.840.10008.5.1.4.1.1.20"),
+    ("SC", SECONDARY_CAPTURE_STORAGE),
+    ("PDF", "1.2.840.10008.5.1.4.1.1.104.1"),
+)
+# Context ids of the storage offer: odd, after the operations' own.
+STORAGE_CONTEXT_IDS = dict((11 + 2 * index, name) for index, (name, dummy) in enumerate(STORAGE_EXPOSURE_CLASSES))
 
 
 class ProtocolError(Exception):
@@ -255,26 +275,37 @@ def identity_fields(identity):
 # ---------------------------------------------------------------------------------------
 
 
-def contexts_for(dimse):
-    """Return the (context id, abstract syntax) pairs proposed for a DIMSE choice."""
+def contexts_for(dimse, offer=()):
+    """Return the (context id, abstract syntax) pairs proposed for a DIMSE choice.
+
+    ``offer`` adds contexts for an exposure check to read from the A-ASSOCIATE-AC: names of
+    OPERATIONS (find, store, move, get) and ``storage`` (STORAGE_EXPOSURE_CLASSES).
+    """
     contexts = [(OPERATIONS["echo"]["context_id"], VERIFICATION_SOP_CLASS)]
-    if dimse in ("find", "store"):
-        contexts.append((OPERATIONS[dimse]["context_id"], OPERATIONS[dimse]["sop_class"]))
+    wanted = [dimse] + [name for name in offer if name != dimse]
+    for name in ("find", "store", "move", "get"):
+        if name in wanted:
+            contexts.append((OPERATIONS[name]["context_id"], OPERATIONS[name]["sop_class"]))
+    if "storage" in wanted:
+        contexts.extend(
+            (context_id, dict(STORAGE_EXPOSURE_CLASSES)[name]) for context_id, name in sorted(STORAGE_CONTEXT_IDS.items())
+        )
     return contexts
 
 
-def build_associate_rq(called_ae, calling_ae, dimse="echo", identity=None, positive_response=False):
+def build_associate_rq(called_ae, calling_ae, dimse="echo", identity=None, positive_response=False, offer=()):
     """Return the bytes of an A-ASSOCIATE-RQ (PS3.8 9.3.2), encoded by pynetdicom.
 
     Only Implicit VR Little Endian is proposed: every acceptor must support it (PS3.5 10.1),
-    and it keeps the probe's own data sets independent of the negotiation.
+    and it keeps the probe's own data sets independent of the negotiation.  ``offer``: see
+    contexts_for.
     """
     primitive = pdu_primitives.A_ASSOCIATE()
     primitive.application_context_name = APPLICATION_CONTEXT
     primitive.called_ae_title = called_ae
     primitive.calling_ae_title = calling_ae
     contexts = []
-    for context_id, abstract in contexts_for(dimse):
+    for context_id, abstract in contexts_for(dimse, offer):
         context = build_context(abstract, [IMPLICIT_VR_LE])
         context.context_id = context_id
         contexts.append(context)
@@ -353,6 +384,47 @@ def find_request(peer_max_pdu, message_id=1):
     message = dimse_messages.C_FIND_RQ()
     message.primitive_to_message(primitive)
     return _message_pdus(message, OPERATIONS["find"]["context_id"], peer_max_pdu)
+
+
+def impossible_study_identifier(study_uid):
+    """A STUDY-level retrieve identifier naming one study by its UID, and nothing else."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    return identifier
+
+
+@functools.lru_cache(maxsize=64)
+def move_request(peer_max_pdu, study_uid, destination, message_id=1):
+    """Return the P-DATA-TF PDUs of a STUDY-level C-MOVE-RQ (PS3.7 9.3.4) of ``study_uid``
+    to the AE title ``destination``, on the Study Root context.
+
+    The exposure check asks for a study that cannot exist (a fresh UID under 2.25), so even
+    a server that moves to anyone has nothing to send.
+    """
+    primitive = dimse_primitives.C_MOVE()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = STUDY_ROOT_MOVE
+    primitive.Priority = 2
+    primitive.MoveDestination = destination
+    primitive.Identifier = BytesIO(dsutils.encode(impossible_study_identifier(study_uid), True, True))
+    message = dimse_messages.C_MOVE_RQ()
+    message.primitive_to_message(primitive)
+    return _message_pdus(message, OPERATIONS["move"]["context_id"], peer_max_pdu)
+
+
+@functools.lru_cache(maxsize=64)
+def get_request(peer_max_pdu, study_uid, message_id=1):
+    """Return the P-DATA-TF PDUs of a STUDY-level C-GET-RQ (PS3.7 9.3.3) of ``study_uid``
+    on the Study Root context; like move_request, for a study that cannot exist."""
+    primitive = dimse_primitives.C_GET()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = STUDY_ROOT_GET
+    primitive.Priority = 2
+    primitive.Identifier = BytesIO(dsutils.encode(impossible_study_identifier(study_uid), True, True))
+    message = dimse_messages.C_GET_RQ()
+    message.primitive_to_message(primitive)
+    return _message_pdus(message, OPERATIONS["get"]["context_id"], peer_max_pdu)
 
 
 @functools.lru_cache(maxsize=16)
@@ -582,6 +654,21 @@ class MessageReader:
         except Exception as exc:
             raise ProtocolError("malformed DIMSE command set: %s" % (exc or type(exc).__name__))
         return field, responded_to, status, data_set_type not in (None, 0x0101)
+
+    def suboperations(self):
+        """Return the C-MOVE/C-GET sub-operation counts of the message (PS3.7 C.4.2.1.6),
+        each None when absent or not a number."""
+        counts = {}
+        for key, keyword in (("remaining", "NumberOfRemainingSuboperations"),
+                             ("completed", "NumberOfCompletedSuboperations"),
+                             ("failed", "NumberOfFailedSuboperations"),
+                             ("warning", "NumberOfWarningSuboperations")):
+            try:
+                value = self.message.command_set.get(keyword)
+            except Exception:  # a hostile element that pydicom cannot read counts as absent
+                value = None
+            counts[key] = value if isinstance(value, int) and not isinstance(value, bool) else None
+        return counts
 
 
 def status_category(status):

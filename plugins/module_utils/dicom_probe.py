@@ -21,7 +21,9 @@ cannot give a verifier:
   peer's close before it had parsed the reject.  asyncio's StreamReader has the same
   trait (an error set by the transport is raised before buffered bytes are read), hence
   the small Protocol below;
-- hard deadlines: a silent, trickling or giant-talking peer costs at most the timeout;
+- hard deadlines: a silent, trickling or giant-talking peer costs at most the timeout; with
+  ``connect_timeout`` the TCP connect has a deadline of its own, so a host that never
+  answers a SYN costs that and not the (longer) time a server may take to answer;
 - concurrency: probes are asyncio tasks sharing one event loop and one semaphore.
 """
 
@@ -363,6 +365,15 @@ def bind_address_error(address):
     return None
 
 
+def connect_timeout_error(value):
+    """Return why ``value`` is not a usable connect_timeout (None means none), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        return "connect_timeout must be a positive number of seconds"
+    return None
+
+
 def validate_request(req):
     """Return a list of errors in a probe request dict; empty when it may be sent."""
     errors = []
@@ -384,6 +395,9 @@ def validate_request(req):
     timeout = req.get("timeout", 10)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
         errors.append("timeout must be a positive number of seconds")
+    err = connect_timeout_error(req.get("connect_timeout"))
+    if err:
+        errors.append(err)
     if req.get("dimse", "echo") not in DIMSE_CHOICES:
         errors.append("dimse must be one of %s" % ", ".join(DIMSE_CHOICES))
     return errors
@@ -411,6 +425,14 @@ def _new_result(req):
         "elapsed_ms": None,
         "detail": None,
         "released": False,
+        # Whether the TCP connection was made: a timeout without it is a host that never
+        # answered, one with it a server that did not answer in time.
+        "connected": False,
+        # "reset" or "closed" when the connection ended before any whole answer PDU: what
+        # an overloaded server produces as readily as a refusing one.
+        "no_answer": None,
+        # Every operation run on the association, in order; "operation" is the first.
+        "operations": [],
     }
 
 
@@ -428,15 +450,22 @@ def _new_operation(dimse):
     if dimse == "store":
         operation["sop_instance_uid"] = None
         operation["study_instance_uid"] = None
+    if dimse in ("move", "get"):
+        operation["pending"] = 0
+        operation["suboperations"] = None
     return operation
 
 
 class Probe:
     """One association attempt, described by a request dict.
 
-    Keys: host, port, called_ae, calling_ae, timeout, bind_address, tls (dict or None),
-    identity (dict or None), dimse (echo/find/store/none), ssl_context (optional prebuilt),
-    associate_rq (optional prebuilt request bytes, for many probes with the same request).
+    Keys: host, port, called_ae, calling_ae, timeout, connect_timeout (optional: a deadline
+    of its own for name lookup and TCP connect, after which ``timeout`` starts), bind_address,
+    tls (dict or None), identity (dict or None), dimse (echo/find/store/none), ssl_context
+    (optional prebuilt), associate_rq (optional prebuilt request bytes, for many probes with
+    the same request), operations (optional: several of echo/find/store/move/get to run in
+    turn on the one association, instead of ``dimse``), study_uid and move_destination (for
+    move and get).
     """
 
     def __init__(self, req, lookups=None):
@@ -447,14 +476,26 @@ class Probe:
         self.phase = "connect"
         self.tls_used = bool(req.get("tls") and req["tls"].get("enabled"))
         self.ended = False  # an A-ABORT was sent or received: nothing left to release
+        self.current = None  # the operation in progress
+        self._context = None
         self._start = None
 
     async def run(self):
-        """Run the probe under its deadline; return the result dict."""
+        """Run the probe under its deadline(s); return the result dict."""
         self._start = time.perf_counter()
         timeout = self.req.get("timeout", 10)
+        connect_timeout = self.req.get("connect_timeout")
         try:
-            await asyncio.wait_for(self._run(), timeout)
+            if connect_timeout:
+                try:
+                    sock = await asyncio.wait_for(self._open_socket(), connect_timeout)
+                except asyncio.TimeoutError:
+                    self._finish("timeout", "no TCP connection within %ss (connect timeout)" % connect_timeout)
+                    sock = None
+                if sock is not None:
+                    await asyncio.wait_for(self._run(sock), timeout)
+            else:
+                await asyncio.wait_for(self._run(), timeout)
         except asyncio.TimeoutError:
             self._on_timeout()
         except Exception as exc:  # never let one hostile peer take the whole run down
@@ -475,7 +516,7 @@ class Probe:
             self.result["outcome"] = "timeout"
             self.result["detail"] = "no answer within %ss (waiting during %s)" % (timeout, self.phase)
             return
-        operation = self.result["operation"]
+        operation = self.current
         if operation is not None and operation["result"] is None:
             operation["result"] = "timeout"
             operation["detail"] = "no response within %ss" % timeout
@@ -494,18 +535,30 @@ class Probe:
 
     # --- transport ------------------------------------------------------------------
 
-    async def _connect(self):
-        """Connect (and shake hands over TLS); return the stream, or None when the outcome
-        is already decided."""
+    async def _open_socket(self):
+        """Look the host up and connect TCP; return the socket, or None when the outcome is
+        already decided."""
         req = self.req
-        loop = asyncio.get_running_loop()
         try:
             # Built before connecting: a context that cannot be built leaves no socket open.
-            context = (req.get("ssl_context") or make_ssl_context(req["tls"])) if self.tls_used else None
+            self._context = (req.get("ssl_context") or make_ssl_context(req["tls"])) if self.tls_used else None
             addresses = await _resolve(self.lookups, req["host"], req["port"])
-            sock = await self._connect_tcp(loop, addresses)
+            sock = await self._connect_tcp(asyncio.get_running_loop(), addresses)
         except OSError as exc:
             return self._connect_failed(exc)
+        self.result["connected"] = True
+        return sock
+
+    async def _connect(self, sock=None):
+        """Connect (and shake hands over TLS); return the stream, or None when the outcome
+        is already decided.  ``sock``: already connected by _open_socket."""
+        req = self.req
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            sock = await self._open_socket()
+            if sock is None:
+                return None
+        context = self._context
         stream = _Stream()
         try:
             if self.tls_used:
@@ -567,6 +620,7 @@ class Probe:
         if isinstance(exc, ConnectionRefusedError):
             return self._finish("refused", "connection refused")
         if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+            self.result["no_answer"] = "reset"
             if self.phase == "TLS handshake":
                 return self._finish("tls_failed", "connection closed during the TLS handshake (%s)" % exc)
             return self._finish("aborted", "connection reset while connecting (%s)" % exc)
@@ -596,6 +650,7 @@ class Probe:
                 "connection reset right after the TLS 1.3 handshake, before any DICOM answer; "
                 "the server most likely refused the client certificate",
             )
+        self.result["no_answer"] = what
         if self.tls_used and self.result.get("tls"):
             detail = "connection %s over TLS before any DICOM answer" % what
         else:
@@ -604,7 +659,7 @@ class Probe:
 
     # --- association ----------------------------------------------------------------
 
-    async def _run(self):
+    async def _run(self, sock=None):
         req = self.req
         dimse = req.get("dimse", "echo")
         associate_rq = req.get("associate_rq") or pdu.build_associate_rq(
@@ -613,8 +668,9 @@ class Probe:
             dimse,
             req.get("identity"),
             positive_response=(req.get("identity") or {}).get("positive_response_requested", False),
+            offer=tuple(req.get("operations") or ()),
         )
-        stream = await self._connect()
+        stream = await self._connect(sock)
         if stream is None:
             self._latency()
             return
@@ -650,8 +706,18 @@ class Probe:
         self.result["outcome"] = "accepted"
         self.result["identity_response"] = accept["identity_response"]
         self.result["accepted_contexts"] = sorted(cid for cid, res in accept["contexts"].items() if res == 0)
-        if dimse != "none":
-            await self._operation(stream, accept, dimse)
+        operations = list(req.get("operations") or ([dimse] if dimse in pdu.OPERATIONS else []))
+        for index, name in enumerate(operations):
+            if self.ended or stream.closed:
+                # The association is gone: say so rather than leave the operation out.
+                skipped = _new_operation(name)
+                skipped["result"] = "not_run"
+                skipped["detail"] = "the association ended during an earlier operation"
+                self.result["operations"].append(skipped)
+                continue
+            await self._operation(stream, accept, name, message_id=index + 1)
+        if self.result["operations"]:
+            self.result["operation"] = self.result["operations"][0]
         await self._release(stream)
         return None
 
@@ -662,10 +728,13 @@ class Probe:
 
     # --- the operation --------------------------------------------------------------
 
-    async def _operation(self, stream, accept, dimse):
+    async def _operation(self, stream, accept, dimse, message_id=1):
         spec = pdu.OPERATIONS[dimse]
         operation = _new_operation(dimse)
-        self.result["operation"] = operation
+        self.result["operations"].append(operation)
+        if self.result["operation"] is None:
+            self.result["operation"] = operation
+        self.current = operation
         context_result = accept["contexts"].get(spec["context_id"])
         if context_result != 0:
             operation["result"] = "context_rejected"
@@ -676,9 +745,13 @@ class Probe:
         self.phase = spec["name"]
         peer_max = accept["max_pdu"]
         if dimse == "echo":
-            stream.send(pdu.echo_request(peer_max))
+            stream.send(pdu.echo_request(peer_max, message_id))
         elif dimse == "find":
-            stream.send(pdu.find_request(peer_max))
+            stream.send(pdu.find_request(peer_max, message_id))
+        elif dimse == "move":
+            stream.send(pdu.move_request(peer_max, self.req["study_uid"], self.req["move_destination"], message_id))
+        elif dimse == "get":
+            stream.send(pdu.get_request(peer_max, self.req["study_uid"], message_id))
         else:
             if self.req.get("store_not_sent"):
                 # Check mode: the storage context is accepted, which is all that can be
@@ -689,26 +762,39 @@ class Probe:
             instance = pdu.probe_instance()
             operation["sop_instance_uid"] = str(instance.SOPInstanceUID)
             operation["study_instance_uid"] = str(instance.StudyInstanceUID)
-            stream.send(pdu.store_request(instance, peer_max))
+            stream.send(pdu.store_request(instance, peer_max, message_id))
         cancelled = False
         try:
             while True:
-                field, responded_to, status, dummy_has_data = await self._read_response(stream)
+                field, responded_to, status, dummy_has_data, suboperations = await self._read_response(stream)
                 if field != spec["response"]:
                     raise pdu.ProtocolError("answered with command field 0x%04x instead of the %s response"
                                             % (field or 0, spec["name"]))
-                if responded_to not in (None, 1):
+                if responded_to not in (None, message_id):
                     raise pdu.ProtocolError("response to message %s, not to the request sent" % responded_to)
                 category = pdu.status_category(status)
                 if category is None:
                     raise pdu.ProtocolError("%s response without a Status" % spec["name"])
+                if dimse in ("move", "get"):
+                    operation["suboperations"] = suboperations
                 if category == "pending" and dimse == "find":
                     if not cancelled:
                         operation["matches"] += 1
                         if operation["matches"] >= MAX_FIND_MATCHES:
                             # Enough to prove exposure; ask the server to stop (PS3.4 C.4.1.2.3).
-                            stream.send(pdu.cancel_request(1, spec["context_id"]))
+                            stream.send(pdu.cancel_request(message_id, spec["context_id"]))
                             cancelled = True
+                    continue
+                if category == "pending" and dimse in ("move", "get"):
+                    # Sub-operations under way for a study that cannot exist: proof enough
+                    # that the retrieve runs, and nothing of it is wanted (PS3.4 C.4.2.3.2).
+                    operation["pending"] += 1
+                    if not cancelled:
+                        stream.send(pdu.cancel_request(message_id, spec["context_id"]))
+                        cancelled = True
+                    if operation["pending"] > MAX_FIND_MATCHES:
+                        raise pdu.ProtocolError("more than %d pending %s responses after a C-CANCEL"
+                                                % (MAX_FIND_MATCHES, spec["name"]))
                     continue
                 operation["status"] = status
                 operation["status_category"] = category
@@ -731,6 +817,7 @@ class Probe:
             self.ended = True
             return
         category = operation["status_category"]
+        self.current = None
         if cancelled and category in ("cancel", "success"):
             operation["result"] = "success"
             operation["detail"] = "stopped counting at %d matches and cancelled the query" % operation["matches"]
@@ -753,12 +840,13 @@ class Probe:
         return pdu.decode_pdata(data)
 
     async def _read_response(self, stream):
-        """Read one whole DIMSE response; return (command field, responded-to id, status, has data)."""
+        """Read one whole DIMSE response; return (command field, responded-to id, status,
+        has data, sub-operation counts)."""
         reader = pdu.MessageReader()
         while True:
             for context_id, value in await self._next_pdvs(stream):
                 if reader.feed(context_id, value):
-                    return reader.command()
+                    return reader.command() + (reader.suboperations(),)
 
     async def _release(self, stream):
         """Release politely (PS3.8 7.2) so servers log a clean end, not an abort."""

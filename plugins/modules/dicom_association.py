@@ -26,7 +26,7 @@ description:
     O(expect=accepted) passes only when the operation worked too, not merely the association.
   - All parameters are checked before any traffic; AE titles, ports, certificate files and
     identity fields that cannot work fail the task at once.
-  - The probe never waits longer than O(timeout). A server that stays silent, sends
+  - The probe never waits longer than O(timeout) (plus O(connect_timeout) when set). A server that stays silent, sends
     garbage, resets the connection or announces a giant PDU gives an outcome, not a hang.
 author:
   - dicomsec.hardening contributors (@dicomsec)
@@ -65,9 +65,16 @@ options:
     type: str
     default: DICOMSEC-PROBE
   timeout:
-    description: Seconds the whole probe (connect, TLS, association, DIMSE, release) may take.
+    description:
+      - Seconds the whole probe (connect, TLS, association, DIMSE, release) may take; with O(connect_timeout),
+        the time after the TCP connection is made.
     type: float
     default: 10
+  connect_timeout:
+    description:
+      - Seconds the name lookup and TCP connect may take, apart from O(timeout), so that a host that never answers
+        costs this and not O(timeout). Omitted, O(timeout) covers the connect as well.
+    type: float
   bind_address:
     description: Local source address to connect from, to test address-based rules.
     type: str
@@ -358,6 +365,7 @@ def main():
             called_ae=dict(type="str", default="ANY-SCP"),
             calling_ae=dict(type="str", default="DICOMSEC-PROBE"),
             timeout=dict(type="float", default=10),
+            connect_timeout=dict(type="float"),
             bind_address=dict(type="str"),
             tls=dicom_args.tls_spec(),
             identity=dicom_args.identity_spec(),
@@ -377,6 +385,7 @@ def main():
         called_ae=params["called_ae"],
         calling_ae=params["calling_ae"],
         timeout=params["timeout"],
+        connect_timeout=params["connect_timeout"],
         bind_address=params["bind_address"],
         tls=params["tls"] if params["tls"] and params["tls"]["enabled"] else None,
         identity=params["identity"] if params["identity"] and params["identity"]["type"] else None,

@@ -20,16 +20,25 @@ description:
   - Outcomes are read from the PDUs the servers send, so an A-ASSOCIATE-RJ is never taken
     for an abort, however many associations run at once.
   - The first association to an endpoint also tests that it answers. An endpoint that
-    refuses the connection or stays silent gets one failed V(reachable) finding and no
-    other traffic, so a dead endpoint costs at most O(timeout).
+    refuses the connection or never completes the TCP handshake gets one failed V(reachable)
+    finding and no other traffic, so a dead endpoint costs at most O(connect_timeout).
+  - Every finding has a RV(endpoints[].findings[].verdict) of V(pass), V(fail) or V(inconclusive).
+    An answer that overload produces as readily as a refusal (no answer within O(timeout), a
+    close or reset before any answer PDU, an A-ASSOCIATE-RJ for load (temporary-congestion,
+    local-limit-exceeded), a refused connection to an endpoint that answered before, an operation
+    cut off or answered "out of resources") is retried once after O(retry_backoff); if it stays
+    so the check is V(inconclusive), never a pass. An endpoint whose first association stays so
+    gets an inconclusive V(reachable) finding and no other checks.
   - A check whose answer an association made for another check already proves takes no
     association of its own. An accepted V(any_ae) association (unknown titles, no identity)
     also fails V(called_ae_guess) and V(no_identity); when V(no_identity) is
     selected, the random called AE of V(called_ae_guess) is first tried without identity, so
     its acceptance also fails V(no_identity); V(identity_ignored) and V(authorized) share one association when
-    O(identity) is given. A pass is never inferred; it always comes from the check's own
+    O(identity) is given; the first association also carries the C-FIND, the C-GET and the storage offer of the
+    unknown-caller checks. A pass is never inferred; it always comes from a conclusive answer to the check's own
     request.
-  - The task fails when a check at or above O(fail_on) fails; it never changes anything.
+  - The task fails when a check at or above O(fail_on) fails, or (with O(fail_on_inconclusive)) is inconclusive;
+    it never changes anything.
 author:
   - dicomsec.hardening contributors (@dicomsec)
 requirements:
@@ -41,7 +50,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: The checks only open associations (and a count-only C-FIND), so they also run in check mode.
+    details: >-
+      The checks only open associations, count C-FIND matches, read which storage contexts are accepted and ask for a
+      C-GET and a C-MOVE of a study that cannot exist; nothing is stored or retrieved, so they also run in check mode.
   diff_mode:
     support: none
   platform:
@@ -89,16 +100,53 @@ options:
     type: int
     default: 32
   timeout:
-    description: Seconds one association may take, from connect to release.
+    description:
+      - Seconds one association may take to answer, from the TCP connection (or, without O(connect_timeout),
+        from the start) to release.
     type: float
     default: 5
+  connect_timeout:
+    description:
+      - Seconds the name lookup and TCP connect may take, apart from O(timeout); a host that never answers a SYN
+        costs this, not O(timeout). TCP retransmits its SYN after one and three seconds, so values of 3 and more
+        cover a dropped SYN.
+      - Set to V(0) for one deadline, O(timeout), over the whole association.
+    type: float
+    default: 3
+  retry_backoff:
+    description: Seconds to wait before the one retry of an answer that overload can produce.
+    type: float
+    default: 1
+  fail_on_inconclusive:
+    description:
+      - Whether an inconclusive finding at or above O(fail_on) fails the task, as a failed one does. An inconclusive
+        check is not a held defence.
+      - Either way inconclusive findings are counted in RV(summary.inconclusive) and listed in
+        RV(summary.inconclusive_checks).
+    type: bool
+    default: true
+  plain_ports:
+    description: Ports V(plain_beside_tls) tries with plain TCP on the host of every TLS endpoint, besides its own.
+    type: list
+    elements: int
+    default: [104, 11112, 4242, 2761, 2762]
+  vendor_ae_titles:
+    description:
+      - AE titles to try besides the vendor defaults the collection ships (DCMTK's, Orthanc's, dcm4chee's, Conquest's and
+        other products' and tools' defaults), as calling AE titles by V(vendor_default_ae) and as called AE titles by
+        V(called_ae_guess).
+    type: list
+    elements: str
+    default: []
   checks:
     description:
-      - Checks to run; all when omitted.
+      - Checks to run; when omitted, all but V(plain_beside_tls) and V(vendor_default_ae), which cost an
+        association per port or per title and are run when named.
       - V(any_ae) (high) a random calling AE reaches a random called AE.
       - V(called_ae_guess) (medium) with the authorized calling AE, a random called AE title is accepted
-        or, when it is not, a well-known one (ANY-SCP, ECHOSCU, STORESCP, STORESCU, ORTHANC,
-        DCM4CHEE, PACS, DICOM) other than the endpoint's.
+        or, when it is not, a vendor default (ANY-SCP, STORESCP, STORESCU, ECHOSCU, ORTHANC,
+        DCM4CHEE, CONQUESTSRV1, OSIRIX, HOROS, CLEARCANVAS, PACS, DICOM, AE_TITLE and O(vendor_ae_titles)) other than
+        the endpoint's.
       - V(no_identity) (high) the authorized AE titles without user identity are accepted.
       - V(wrong_passcode) (high) a wrong passcode (or a corrupted token) is accepted; needs O(identity) with a secret.
       - V(identity_ignored) (medium) identity with a positive response requested is accepted without a response.
@@ -108,7 +156,23 @@ options:
       - V(cfind_exposure) (high) a random calling AE without identity gets C-FIND answers; only the number of studies is kept.
         When the V(any_ae) association is accepted it asks the query itself. It passes only when the association is refused or
         the server refuses the query (a failure status, the context not accepted, or an A-ABORT); an accepted association whose
-        query gets no conclusive answer (a close, a timeout) fails, since nothing proved the query is refused.
+        query gets a garbled answer fails, since nothing proved the query is refused; a close or timeout is inconclusive.
+      - V(storage_exposure) (high) a random calling AE without identity is offered storage presentation contexts (CT, MR,
+        CR, DX, US, MG, NM, Secondary Capture, Encapsulated PDF) and the A-ASSOCIATE-AC accepts any; nothing is stored.
+      - V(cget_exposure) (high) a random calling AE without identity gets a STUDY-level C-GET of a study that cannot exist
+        answered with success or pending; it passes when the association or the C-GET context is refused or the C-GET is
+        answered with a failure or an A-ABORT.
+      - V(move_destination_unchecked) (high) with the authorized AE titles and identity, a C-MOVE of a study that cannot
+        exist to a random, unregistered destination AE is answered with success (zero sub-operations) or pending. It passes
+        on 0xA801 (move destination unknown), when the C-MOVE itself is refused (context, A-ABORT, 0x0124) and on any
+        other failure status (Orthanc 1.10 answers 0xC000 to both an unknown destination and a missing study), with
+        evidence saying that no reason was given; a cut-off or garbled answer is inconclusive.
+      - V(plain_beside_tls) (high) on the host of an endpoint marked TLS, a plain DICOM association on one of O(plain_ports)
+        gets any DICOM answer (A-ASSOCIATE-AC, -RJ or A-ABORT). Not in the default set.
+      - V(vendor_default_ae) (high) a vendor's default calling AE title (STORESCU, ECHOSCU, FINDSCU, MOVESCU, GETSCU,
+        ORTHANC, DCM4CHEE, PYNETDICOM, STORE-SCU, CONQUESTSRV1, OSIRIX, HOROS, CLEARCANVAS, PACS, DICOM, AE_TITLE, ANY-SCU
+        and O(vendor_ae_titles)) without identity is accepted on the endpoint's called AE; fails without an association of its
+        own when the V(any_ae) association is accepted. Not in the default set.
       - V(no_identity) and V(called_ae_guess) also fail, without an association of their own, when the
         V(any_ae) association is accepted; when both are selected the first association of V(called_ae_guess) carries no
         identity and, accepted, fails V(no_identity) too.
@@ -126,6 +190,11 @@ options:
       - tls_no_client_cert
       - tls_legacy
       - cfind_exposure
+      - storage_exposure
+      - cget_exposure
+      - move_destination_unchecked
+      - plain_beside_tls
+      - vendor_default_ae
       - authorized
   fail_on:
     description: Lowest severity of a failed check that fails the task; V(never) only reports.
@@ -135,7 +204,8 @@ options:
 notes:
   - O(identity) and O(tls) describe the authorized client. The O(tls) settings apply to every
     endpoint with O(endpoints[].tls=true).
-  - Endpoints that cannot be reached are reported with a failed V(reachable) finding of severity high.
+  - Endpoints that cannot be reached are reported with a failed V(reachable) finding of severity high; endpoints that
+    accept TCP but do not answer the first association, even when asked again, with an inconclusive one.
 seealso:
   - module: dicomsec.hardening.dicom_association
 """
@@ -180,6 +250,24 @@ EXAMPLES = r"""
   ansible.builtin.assert:
     that: tls_audit.endpoints | map(attribute='findings') | flatten | selectattr('passed', 'false') | list | length == 0
 
+- name: Look for what a TLS archive exposes beside its TLS port and which vendor default calling AE gets in
+  dicomsec.hardening.dicom_audit:
+    endpoints:
+      - name: pacs-tls
+        host: pacs.example.org
+        port: 2762
+        tls: true
+        called_ae: PACS
+    calling_ae: CT01
+    tls:
+      ca_file: /etc/dicomsec/ca.pem
+      cert_file: /etc/dicomsec/ct01.pem
+      key_file: /etc/dicomsec/ct01.key
+    checks: [plain_beside_tls, vendor_default_ae, storage_exposure, move_destination_unchecked]
+    vendor_ae_titles: [SITEPACS, MODALITY1]
+    connect_timeout: 2
+    fail_on_inconclusive: false
+
 - name: Only the AE title checks, reporting without failing
   dicomsec.hardening.dicom_audit:
     endpoints:
@@ -216,7 +304,10 @@ endpoints:
       description: The endpoint's called AE title.
       type: str
     associations:
-      description: Associations attempted against this endpoint.
+      description: Associations attempted against this endpoint, retries included.
+      type: int
+    retries:
+      description: Associations sent again because the first answer was one overload can produce.
       type: int
     findings:
       description: One finding per check that ran.
@@ -230,8 +321,14 @@ endpoints:
           description: V(high) or V(medium).
           type: str
         passed:
-          description: Whether the defence held.
+          description: Whether the defence held; false for an inconclusive finding too.
           type: bool
+        verdict:
+          description:
+            - V(pass) (the defence held, read from a conclusive answer to the check's own request), V(fail) or
+              V(inconclusive) (no conclusive answer, even after one retry; neither pass nor fail).
+          type: str
+          choices: [pass, fail, inconclusive]
         evidence:
           description: What was sent and what came back; never a credential or patient data.
           type: str
@@ -246,10 +343,12 @@ endpoints:
       tls: false
       called_ae: ORTHANC
       associations: 13
+      retries: 0
       findings:
         - id: any_ae
           severity: high
           passed: true
+          verdict: pass
           evidence: "called QK2..., calling R7D...: rejected (calling-ae-not-recognized)"
       skipped:
         - id: tls_legacy
@@ -269,8 +368,18 @@ summary:
       description: Findings that passed.
       type: int
     failed:
-      description: Failed findings by severity (C(high), C(medium)).
+      description: Failed findings by severity (C(high), C(medium)); inconclusive ones are not among them.
       type: dict
+    inconclusive:
+      description: Inconclusive findings.
+      type: int
+    inconclusive_checks:
+      description: "C(endpoint: check) for every inconclusive finding."
+      type: list
+      elements: str
+    retries:
+      description: Associations sent again after the backoff.
+      type: int
     unreachable:
       description: Names of endpoints that could not be audited.
       type: list
@@ -282,7 +391,9 @@ summary:
       description: Wall time of the whole matrix in milliseconds.
       type: float
     failing:
-      description: "C(endpoint: check) for every failed finding at or above O(fail_on)."
+      description:
+        - "C(endpoint: check) for every finding that fails the task: failed at or above O(fail_on) and, with
+          O(fail_on_inconclusive), inconclusive at or above it."
       type: list
       elements: str
   sample:
@@ -290,15 +401,18 @@ summary:
     checks: 14
     passed: 9
     failed: {high: 2, medium: 3}
+    inconclusive: 0
+    inconclusive_checks: []
     unreachable: []
     associations: 26
+    retries: 0
     elapsed_ms: 41.7
     failing: ["router: any_ae", "router: no_identity"]
 msg:
   description: One sentence with the totals.
   returned: always
   type: str
-  sample: "2 endpoints, 14 checks: 9 passed, failed 2 high / 3 medium"
+  sample: "2 endpoints, 14 checks: 9 passed, failed 2 high / 3 medium, 0 inconclusive"
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -328,6 +442,11 @@ def main():
             tls=dicom_args.tls_spec(),
             concurrency=dict(type="int", default=32),
             timeout=dict(type="float", default=5),
+            connect_timeout=dict(type="float", default=3),
+            retry_backoff=dict(type="float", default=1),
+            fail_on_inconclusive=dict(type="bool", default=True),
+            plain_ports=dict(type="list", elements="int", default=list(dicom_audit.PLAIN_PORTS)),
+            vendor_ae_titles=dict(type="list", elements="str", default=[]),
             checks=dict(type="list", elements="str", choices=dicom_audit.CHECK_IDS),
             fail_on=dict(type="str", choices=["high", "medium", "never"], default="high"),
         ),
@@ -337,20 +456,25 @@ def main():
         module.fail_json(msg=missing_required_lib("pynetdicom"), exception=dicom_pdu.PYNETDICOM_IMPORT_ERROR)
 
     config = dict(module.params)
+    # 0 means one deadline over the whole association, as before the option existed.
+    config["connect_timeout"] = config["connect_timeout"] or None
     errors = dicom_audit.validate(config)
     if errors:
         module.fail_json(msg="invalid parameters, nothing was sent: " + "; ".join(errors))
 
     reports, summary = dicom_audit.audit(config)
     failed = summary["failed"]
-    msg = "%d endpoints, %d checks: %d passed, failed %d high / %d medium" % (
-        summary["endpoints"], summary["checks"], summary["passed"], failed["high"], failed["medium"]
+    msg = "%d endpoints, %d checks: %d passed, failed %d high / %d medium, %d inconclusive" % (
+        summary["endpoints"], summary["checks"], summary["passed"], failed["high"], failed["medium"],
+        summary["inconclusive"],
     )
     if summary["unreachable"]:
         msg += "; unreachable: %s" % ", ".join(summary["unreachable"])
     if summary["failing"]:
         module.fail_json(
-            msg="%s; failing at or above %s: %s" % (msg, config["fail_on"], ", ".join(summary["failing"])),
+            msg="%s; failing at or above %s%s: %s" % (
+                msg, config["fail_on"], " (inconclusive included)" if config["fail_on_inconclusive"] else "",
+                ", ".join(summary["failing"])),
             changed=False,
             endpoints=reports,
             summary=summary,

@@ -280,3 +280,92 @@ def test_mutated_rejects_and_aborts_decode_or_raise_protocol_error_only():
                 decoder(data)
             except pdu.ProtocolError:
                 continue
+
+
+# --- C-MOVE and C-GET: requests read back as an SCP reads them, answers fuzzed ----------------
+
+
+def test_move_request_asks_for_one_study_to_the_destination_at_low_priority():
+    message = _read_message(pdu.move_request(16384, "2.25.42", "DESTAE"))
+    assert message.context_id == pdu.OPERATIONS["move"]["context_id"]
+    assert message.command_set.CommandField == 0x0021
+    assert message.command_set.AffectedSOPClassUID == pdu.STUDY_ROOT_MOVE
+    assert message.command_set.MoveDestination == "DESTAE"
+    assert message.command_set.Priority == 2
+    identifier = decode(message.data_set, True, True)
+    assert [elem.keyword for elem in identifier] == ["QueryRetrieveLevel", "StudyInstanceUID"]
+    assert identifier.QueryRetrieveLevel == "STUDY" and identifier.StudyInstanceUID == "2.25.42"
+
+
+def test_get_request_asks_for_one_study_on_the_get_context():
+    message = _read_message(pdu.get_request(16384, "2.25.43", message_id=2))
+    assert message.context_id == pdu.OPERATIONS["get"]["context_id"]
+    assert message.command_set.CommandField == 0x0010
+    assert message.command_set.MessageID == 2
+    assert message.command_set.AffectedSOPClassUID == pdu.STUDY_ROOT_GET
+    assert decode(message.data_set, True, True).StudyInstanceUID == "2.25.43"
+
+
+def test_the_exposure_offer_proposes_retrieve_and_storage_contexts_once_each():
+    rq = _read_rq(pdu.build_associate_rq("PACS", "CT01", "none", offer=("find", "get", "storage", "move")))
+    ids = [c.context_id for c in rq.presentation_context]
+    assert len(ids) == len(set(ids)) and all(i % 2 == 1 for i in ids)
+    syntaxes = {c.context_id: c.abstract_syntax for c in rq.presentation_context}
+    assert syntaxes[pdu.OPERATIONS["get"]["context_id"]] == pdu.STUDY_ROOT_GET
+    assert syntaxes[pdu.OPERATIONS["move"]["context_id"]] == pdu.STUDY_ROOT_MOVE
+    for context_id, name in pdu.STORAGE_CONTEXT_IDS.items():
+        assert syntaxes[context_id] == dict(pdu.STORAGE_EXPOSURE_CLASSES)[name]
+    # Without an offer the request is what it always was.
+    assert pdu.build_associate_rq("PACS", "CT01", "find") == pdu.build_associate_rq("PACS", "CT01", "find", offer=())
+
+
+def _retrieve_response(command_field, status, counts=(0, 0, 0, 0), context_id=7, message_id=1):
+    """A C-MOVE-RSP (0x8021) or C-GET-RSP (0x8010) encoded by pynetdicom, as P-DATA-TF bytes."""
+    from pynetdicom import dimse_messages
+
+    message = {0x8021: dimse_messages.C_MOVE_RSP, 0x8010: dimse_messages.C_GET_RSP}[command_field]()
+    command = message.command_set
+    command.CommandField = command_field
+    command.MessageIDBeingRespondedTo = message_id
+    command.AffectedSOPClassUID = pdu.STUDY_ROOT_MOVE if command_field == 0x8021 else pdu.STUDY_ROOT_GET
+    command.CommandDataSetType = 0x0101
+    command.Status = status
+    (command.NumberOfRemainingSuboperations, command.NumberOfCompletedSuboperations,
+     command.NumberOfFailedSuboperations, command.NumberOfWarningSuboperations) = counts
+    message._set_command_group_length()
+    return b"".join(P_DATA_TF(primitive).encode() for primitive in message.encode_msg(context_id, 16384))
+
+
+def _read_retrieve(data):
+    reader = pdu.MessageReader()
+    offset = 0
+    while offset + 6 <= len(data):
+        length = struct.unpack(">I", data[offset + 2:offset + 6])[0]
+        for context_id, value in pdu.decode_pdata(data[offset:offset + 6 + length]):
+            if reader.feed(context_id, value):
+                return reader.command(), reader.suboperations()
+        offset += 6 + length
+    return None
+
+
+@pytest.mark.parametrize("field", [0x8021, 0x8010])
+def test_a_retrieve_response_is_read_with_its_status_and_sub_operation_counts(field):
+    command, counts = _read_retrieve(_retrieve_response(field, 0xFF00, (3, 1, 0, 2)))
+    assert command[0] == field and command[2] == 0xFF00
+    assert counts == {"remaining": 3, "completed": 1, "failed": 0, "warning": 2}
+    command, counts = _read_retrieve(_retrieve_response(field, 0xA801))
+    assert pdu.status_category(command[2]) == "failure"
+
+
+@pytest.mark.parametrize("field, seed", [(0x8021, 5), (0x8010, 6)])
+def test_mutated_retrieve_responses_decode_or_raise_protocol_error_only(field, seed):
+    rng = random.Random(seed)
+    for data in _mutations(_retrieve_response(field, 0x0000, (0, 0, 0, 0)), 3000, rng):
+        try:
+            read = _read_retrieve(data)
+        except pdu.ProtocolError:
+            continue
+        if read is not None:
+            dummy_command, counts = read
+            assert set(counts) == {"remaining", "completed", "failed", "warning"}
+            assert all(value is None or isinstance(value, int) for value in counts.values())
