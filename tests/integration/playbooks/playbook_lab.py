@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
-"""Running playbooks/verify.yml for real against DICOM TLS servers on loopback.
+"""Running playbooks/verify.yml and audit.yml for real against DICOM servers on loopback.
 
 ``run_verify`` writes an inventory of one TLS PACS on a loopback port and one position
 (the controller itself, in the modalities or the outsiders group), runs the playbook with
 ansible-playbook and returns the JSON callback's result of every task for that position.
+The reports go to ``reports_dir(tmp_path)``; ``load_reports`` reads the three of them.
 ``start_tls_pacs`` is a pynetdicom SCP with DICOM TLS and required client certificates
 (dicom_lab's Pki), which may whitelist calling AE titles and stores what it is sent.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from dicom_lab import COLLECTIONS_PATH, LOOPBACK, ansible_bin
@@ -21,6 +23,7 @@ from lab_servers import ScpPolicy, start_scp
 
 REPO = Path(__file__).resolve().parents[3]
 PLAYBOOK = REPO / "playbooks" / "verify.yml"
+AUDIT_PLAYBOOK = REPO / "playbooks" / "audit.yml"
 PACS = "lab-pacs"
 # The position's inventory name in each group.
 POSITIONS = {"modalities": "lab-modality", "outsiders": "lab-outsider"}
@@ -49,9 +52,23 @@ def start_tls_pacs(pki, calling_aes=None, store_status=0x0000):
     return start_scp(policy, calling_aes=calling_aes, ssl_context=pki.server_context())
 
 
-def run_verify(tmp_path, port, group, position_vars, pacs_vars=None):
-    """Run verify.yml against one TLS PACS on ``port`` from a position in ``group``;
-    return (rc, output, {task name: that position's result})."""
+def reports_dir(tmp_path):
+    """Where run_verify and run_audit have the playbooks write their reports."""
+    return tmp_path / "reports"
+
+
+def load_reports(tmp_path, name="verify"):
+    """The reports a run wrote: (JSON document, JUnit XML root element, HTML text)."""
+    directory = reports_dir(tmp_path)
+    document = json.loads((directory / (name + ".json")).read_text())
+    junit = ET.parse(str(directory / (name + ".junit.xml"))).getroot()
+    page = (directory / (name + ".html")).read_text()
+    return document, junit, page
+
+
+def run_verify(tmp_path, port, group, position_vars, pacs_vars=None, playbook=PLAYBOOK, extra_vars=None):
+    """Run verify.yml (or ``playbook``) against one PACS on ``port`` from a position in
+    ``group``; return (rc, output, {task name: that position's result})."""
     pacs = {
         "dicomsec_dicom_address": LOOPBACK,
         "dicomsec_dicom_tls": True,
@@ -64,10 +81,13 @@ def run_verify(tmp_path, port, group, position_vars, pacs_vars=None):
     pacs.update(pacs_vars or {})
     position = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     position.update(position_vars)
-    inventory = {"all": {"children": {
-        "pacs": {"hosts": {PACS: pacs}},
-        group: {"hosts": {POSITIONS[group]: position}},
-    }}}
+    inventory = {"all": {
+        "vars": dict({"dicomsec_report_dir": str(reports_dir(tmp_path))}, **(extra_vars or {})),
+        "children": {
+            "pacs": {"hosts": {PACS: pacs}},
+            group: {"hosts": {POSITIONS[group]: position}},
+        },
+    }}
     inventory_file = tmp_path / "inventory.json"
     inventory_file.write_text(json.dumps(inventory))
     env = dict(
@@ -79,7 +99,7 @@ def run_verify(tmp_path, port, group, position_vars, pacs_vars=None):
         ANSIBLE_RETRY_FILES_ENABLED="0",
     )
     proc = subprocess.run(
-        [ansible_bin("ansible-playbook"), "-i", str(inventory_file), str(PLAYBOOK)],
+        [ansible_bin("ansible-playbook"), "-i", str(inventory_file), str(playbook)],
         cwd=str(REPO), env=env, capture_output=True, text=True, timeout=180, check=False,
     )
     output = proc.stdout + proc.stderr
@@ -90,6 +110,8 @@ def run_verify(tmp_path, port, group, position_vars, pacs_vars=None):
         raise AssertionError("ansible-playbook gave no JSON result:\n" + output) from None
     for play in plays:
         for task in play["tasks"]:
-            if POSITIONS[group] in task["hosts"]:
-                tasks[task["task"]["name"]] = task["hosts"][POSITIONS[group]]
+            # The position's tasks, and the report play's on the controller.
+            for host in (POSITIONS[group], "localhost"):
+                if host in task["hosts"]:
+                    tasks[task["task"]["name"]] = task["hosts"][host]
     return proc.returncode, output, tasks

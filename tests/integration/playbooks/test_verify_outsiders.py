@@ -9,12 +9,20 @@ against one TLS PACS on a loopback port, with the controller itself as the outsi
 from __future__ import annotations
 
 from dicom_lab import free_port, start_tls_scp
-from playbook_lab import REGISTERED_AE, client_tls, run_verify, start_tls_pacs
+from playbook_lab import REGISTERED_AE, client_tls, load_reports, run_verify, start_tls_pacs
 
 PROBE_TASK = "Expect every PACS to turn this host away while it presents a registered AE title and valid credentials"
 TLS_TASK = "Fail where TLS turned this host away, since its credentials are valid and only its address may be refused"
 CREDENTIALS_TASK = "Stop where a TLS PACS that requires client certificates would see none, since its refusal would prove nothing"
 AE_TASK = "Stop unless this host presents an AE title registered with each PACS"
+FINAL_TASK = "Fail the run when any check failed or could not tell, now that the reports are written"
+
+
+def outsider_record(tmp_path):
+    document, junit, _page = load_reports(tmp_path)
+    [record] = document["records"]
+    assert (record["control"], record["position"], record["role"]) == ("source_whitelist", "lab-outsider", "outsider")
+    return record, junit
 
 
 def test_outsider_check_fails_where_a_tls_pacs_accepts_the_outsiders_valid_certificate(pki, servers, tmp_path):
@@ -29,6 +37,11 @@ def test_outsider_check_fails_where_a_tls_pacs_accepts_the_outsiders_valid_certi
     assert probe["results"][0]["outcome"] == "accepted", out
     assert probe["results"][0]["tls"]["version"], out
     assert "expected the association to be denied, but it was accepted" in probe["results"][0]["msg"]
+    assert tasks[FINAL_TASK]["failed"] is True, out
+    record, junit = outsider_record(tmp_path)
+    assert record["verdict"] == "fail" and record["outcome"].startswith("accepted over TLS"), record
+    assert record["request"]["calling_ae"] == REGISTERED_AE and record["request"]["client_certificate"] == "yes"
+    assert junit.get("failures") == "1"
 
 
 def test_outsider_check_passes_where_the_tls_pacs_rejects_the_outsiders_ae_title(pki, servers, tmp_path):
@@ -41,6 +54,9 @@ def test_outsider_check_passes_where_the_tls_pacs_rejects_the_outsiders_ae_title
     # The rejection came after a completed handshake with the outsider's certificate.
     assert result["tls"]["version"], out
     assert tasks[TLS_TASK].get("failed") is not True, out
+    record, junit = outsider_record(tmp_path)
+    assert record["verdict"] == "pass" and record["outcome"].startswith("rejected: calling-ae-not-recognized"), record
+    assert junit.get("failures") == "0" and junit.get("tests") == "1"
 
 
 def test_outsider_check_passes_where_nothing_listens_on_the_pacs_port(pki, tmp_path):
@@ -48,6 +64,8 @@ def test_outsider_check_passes_where_nothing_listens_on_the_pacs_port(pki, tmp_p
     rc, out, tasks = run_verify(tmp_path, port, "outsiders", {"dicomsec_probe_tls": client_tls(pki)})
     assert rc == 0, out
     assert tasks[PROBE_TASK]["results"][0]["outcome"] == "refused", out
+    record, _junit = outsider_record(tmp_path)
+    assert record["verdict"] == "pass" and record["outcome"] == "refused", record
 
 
 def test_outsider_check_fails_where_only_the_tls_handshake_refused_the_outsider(pki, servers, tmp_path):
@@ -62,6 +80,10 @@ def test_outsider_check_fails_where_only_the_tls_handshake_refused_the_outsider(
     message = check["results"][0]["msg"]
     assert "refused lab-outsider in the TLS handshake" in message
     assert "dicomsec_probe_tls of this host is not accepted by the PACS" in message
+    # The refusal in the handshake is a failed check in the report too, saying why.
+    record, _junit = outsider_record(tmp_path)
+    assert record["verdict"] == "fail" and record["outcome"].startswith("tls_failed"), record
+    assert record["evidence"].startswith("refused in the TLS handshake although its credentials are valid")
 
 
 def test_outsider_without_a_client_certificate_is_stopped_before_any_association(pki, servers, tmp_path):
