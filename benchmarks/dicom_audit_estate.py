@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import json
 import os
@@ -253,9 +254,9 @@ def serve(spec_path):
         servers = []
         for address, kind in spec["endpoints"]:
             if kind in ("open", "whitelist", "silent", "refused"):
-                factory = (lambda w=(kind == "whitelist"): Responder(w))
+                factory = functools.partial(Responder, kind == "whitelist")
             elif kind == "identity":
-                factory = (lambda: IdentityResponder(False))
+                factory = functools.partial(IdentityResponder, False)
             else:
                 continue
             servers.append(await loop.create_server(factory, address, PORT, backlog=512))

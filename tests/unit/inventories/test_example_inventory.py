@@ -18,6 +18,8 @@ INVENTORY = REPO / "inventories" / "example"
 # What the estate's vault would hold: synthetic values, for this test alone.
 VAULT = {"vault_dr_remote_passcode": "lab-only-Example7Kq2Wx9", "vault_orthanc_rest_password": "lab-only-Rest3Vb8Lm6Qz",
          "vault_pacs_tls_keys": {}}
+
+
 def _run(*cmd):
     bindir = Path(sys.executable).parent
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path(), ANSIBLE_NOCOLOR="1",

@@ -334,7 +334,7 @@ worker_processes 2;
 pid {root}/nginx.pid;
 error_log {root}/error.log info;
 events {{
-	worker_connections 768;
+\tworker_connections 768;
 }}
 include {root}/stream.conf;
 """
