@@ -1,0 +1,217 @@
+# -*- coding: utf-8 -*-
+"""strongswan_tunnel: C-STORE through the tunnel against the tunnel's own TCP capacity and the clear path.
+
+Runs on the lab hosts of the molecule scenario ``strongswan_tunnel`` (brought up with
+``molecule converge -s strongswan_tunnel`` when they are not there, ``--destroy`` removes them
+afterwards): the modality on the site LAN, the two gateways with the role's tunnel between them
+(userspace ESP, libipsec, since the lab's kernel has no ESP), and Orthanc on the cloud network,
+configured by pacs_identity with TCP_NODELAY=1. The build machine's own tools act from a lab
+host's network position through ``nsenter -n``, so nothing is installed in the hosts.
+
+In one run, for several rounds in rotating order:
+
+  cstore_tunnel  DCMTK's storescu sends N instances of SIZE KB in one association from the
+                 modality to Orthanc, through the tunnel (MB/s of pixel data, storescu's wall time);
+  tcp_tunnel     one bulk TCP stream of the same number of bytes from the modality to a sink in
+                 the PACS's network position, through the same tunnel (the tunnel's own capacity);
+  tcp_clear      the same stream between the two gateways' WAN addresses, the link the tunnel's
+                 outer packets ride, in the clear (the path without IPsec).
+
+It prints every figure, the medians and the ratios, and whether the goal (C-STORE at least
+0.9 of the tunnel's own TCP capacity) is met.
+
+Usage: python benchmarks/strongswan_tunnel.py [--instances 100] [--size-kb 512] [--rounds 3] [--destroy] [--json]
+Needs: Docker with the lab image, dcmtk (storescu), nsenter; run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from lab_servers import Instances  # noqa: E402  (the tests' helpers, one copy)
+
+import yaml  # noqa: E402
+
+SCENARIO = REPO / "molecule" / "strongswan_tunnel"
+S = yaml.safe_load((SCENARIO / "vars" / "scenario.yml").read_text())
+HOSTS = ("st-modality", "st-site-gw", "st-cloud-gw", "st-pacs")
+STORESCU = "/usr/bin/storescu"
+SINK_PORT = 5201
+GOAL = 0.90
+
+# A sink that reads one connection to its end and prints bytes and seconds from its first byte.
+SINK = r"""
+import socket, sys, time
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(1)
+print("ready", flush=True)
+conn, _ = srv.accept()
+buf = bytearray(1 << 20)
+total, start = 0, None
+while True:
+    n = conn.recv_into(buf)
+    if not n:
+        break
+    if start is None:
+        start = time.perf_counter()
+    total += n
+print(total, time.perf_counter() - start, flush=True)
+"""
+SOURCE = r"""
+import socket, sys
+total = int(sys.argv[3])
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+chunk = b"\x5a" * (1 << 20)
+sent = 0
+while sent < total:
+    s.sendall(chunk[: min(len(chunk), total - sent)])
+    sent += min(len(chunk), total - sent)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+s.close()
+"""
+
+
+def docker_pid(name):
+    out = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", name], capture_output=True, text=True, check=False)
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() not in ("", "0") else None
+
+
+def netns(name):
+    return ["nsenter", "-t", str(docker_pid(name)), "-n"]
+
+
+def ensure_lab():
+    if all(docker_pid(h) for h in HOSTS):
+        return False
+    env = dict(os.environ, PATH="%s:%s" % (REPO / ".venv" / "bin", os.environ.get("PATH", "")),
+               ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    print("bringing up the strongswan_tunnel lab hosts (molecule converge)...", flush=True)
+    subprocess.run(["molecule", "converge", "-s", "strongswan_tunnel"], cwd=REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return True
+
+
+def tunnel_up():
+    out = subprocess.run(["docker", "exec", "st-site-gw", "swanctl", "--list-sas", "--ike", S["scenario_tunnel"]],
+                         capture_output=True, text=True, check=False).stdout
+    return "INSTALLED" in out
+
+
+def bulk_tcp(src, dst, dst_address, nbytes):
+    """MB/s of one TCP stream from lab host src to a sink in dst's network position."""
+    sink = subprocess.Popen(netns(dst) + [sys.executable, "-c", SINK, dst_address, str(SINK_PORT)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout.readline().strip() == "ready"
+        subprocess.run(netns(src) + [sys.executable, "-c", SOURCE, dst_address, str(SINK_PORT), str(nbytes)],
+                       check=True, timeout=300)
+        total, seconds = sink.stdout.readline().split()
+        sink.wait(timeout=30)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    if int(total) != nbytes:
+        raise RuntimeError("the sink received %s of %d bytes" % (total, nbytes))
+    return nbytes / 1e6 / float(seconds)
+
+
+def cstore(instances):
+    """MB/s of pixel data: storescu's wall time for all instances in one association, through the tunnel."""
+    instances.refresh()
+    cmd = netns("st-modality") + [STORESCU, "-aet", S["scenario_modality_aet"], "-aec", S["scenario_pacs_aet"],
+                                  S["scenario_pacs"], str(S["scenario_dicom_port"]), *map(str, instances.files)]
+    env = dict(os.environ, TCP_NODELAY="1")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=600)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0 or "Store Failed" in proc.stderr or "E:" in proc.stderr:
+        raise RuntimeError("storescu failed: %s" % (proc.stdout + proc.stderr).strip()[-800:])
+    return instances.pixel_bytes / 1e6 / elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--instances", type=int, default=100)
+    parser.add_argument("--size-kb", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--destroy", action="store_true", help="remove the lab hosts afterwards")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0 or not shutil.which("nsenter") or not os.path.exists(STORESCU):
+        sys.exit("needs root, nsenter and DCMTK's storescu")
+
+    created = ensure_lab()
+    work = Path(tempfile.mkdtemp(prefix="strongswan-tunnel-bench-"))
+    figures = {"cstore_tunnel": [], "tcp_tunnel": [], "tcp_clear": []}
+    try:
+        deadline = time.monotonic() + 60
+        while not tunnel_up():
+            if time.monotonic() > deadline:
+                sys.exit("the tunnel's CHILD_SA is not installed")
+            time.sleep(1)
+        instances = Instances(work / "instances", args.instances, args.size_kb)
+        nbytes = instances.pixel_bytes
+        runs = {
+            "cstore_tunnel": lambda: cstore(instances),
+            "tcp_tunnel": lambda: bulk_tcp("st-modality", "st-pacs", S["scenario_pacs"], nbytes),
+            "tcp_clear": lambda: bulk_tcp("st-site-gw", "st-cloud-gw", S["scenario_cloud_gw_wan"], nbytes),
+        }
+        names = list(runs)
+        # Once untimed: Orthanc's first store and cold caches are not what is measured.
+        cstore(instances)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            line = []
+            for name in order:
+                value = runs[name]()
+                figures[name].append(value)
+                line.append("%s %.1f MB/s" % (name, value))
+            print("round %d: %s" % (r + 1, ", ".join(line)), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.destroy or created:
+            if args.destroy:
+                env = dict(os.environ, PATH="%s:%s" % (REPO / ".venv" / "bin", os.environ.get("PATH", "")),
+                           ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+                subprocess.run(["molecule", "destroy", "-s", "strongswan_tunnel"], cwd=REPO, env=env, check=False,
+                               stdout=subprocess.DEVNULL)
+
+    med = {k: statistics.median(v) for k, v in figures.items()}
+    result = {
+        "conditions": {"instances": args.instances, "size_kb": args.size_kb, "rounds": args.rounds,
+                       "backend": "libipsec (userspace ESP, ESP in UDP 4500)", "proposal": "aes256gcm16"},
+        "figures_mb_per_s": figures,
+        "median_mb_per_s": med,
+        "cstore_tunnel_over_tcp_tunnel": med["cstore_tunnel"] / med["tcp_tunnel"],
+        "tcp_tunnel_over_tcp_clear": med["tcp_tunnel"] / med["tcp_clear"],
+        "cstore_tunnel_over_tcp_clear": med["cstore_tunnel"] / med["tcp_clear"],
+    }
+    result["goal_met"] = result["cstore_tunnel_over_tcp_tunnel"] >= GOAL
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print("medians: C-STORE through the tunnel %.1f MB/s, bulk TCP through the tunnel %.1f MB/s, bulk TCP in the clear %.1f MB/s"
+          % (med["cstore_tunnel"], med["tcp_tunnel"], med["tcp_clear"]))
+    verdict = "met" if result["goal_met"] else "NOT met"
+    print("C-STORE / tunnel TCP: %.2f (goal >= %.2f: %s)" % (result["cstore_tunnel_over_tcp_tunnel"], GOAL, verdict))
+    print("tunnel TCP / clear TCP: %.3f; C-STORE / clear TCP: %.3f"
+          % (result["tcp_tunnel_over_tcp_clear"], result["cstore_tunnel_over_tcp_clear"]))
+
+
+if __name__ == "__main__":
+    main()
