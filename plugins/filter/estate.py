@@ -24,7 +24,9 @@ description:
     runs, so an address is written once. A PACS gets C(pacs_identity_modalities) and the firewall's
     C(nftables_whitelist_source_sets) and C(nftables_whitelist_services); a PACS behind a gateway gets
     C(pacs_identity_gateway_address) and a firewall that admits the gateway alone; a gateway gets
-    C(nginx_stream_proxy_modalities) and C(nginx_stream_proxy_users).
+    C(nginx_stream_proxy_modalities) and C(nginx_stream_proxy_users); an IPsec gateway gets
+    C(strongswan_tunnel_tunnels) from C(dicomsec_tunnels), each end's subnets those of its site
+    (C(dicomsec_site_subnets)) and its address C(dicomsec_ipsec_address) or C(ansible_host).
   - A variable the host already has from the inventory is left out of the result, so a role variable given
     explicitly still wins.
   - Inconsistent models fail with a message naming the site and entry - a modality without an address, a
@@ -286,6 +288,38 @@ def _gateway_vars(hostvars, groups, gateway):
     return {"nginx_stream_proxy_modalities": modalities, "nginx_stream_proxy_users": users}
 
 
+def _tunnel_vars(hostvars, groups, gateway):
+    """The tunnels this gateway is an end of, each end's subnets those of its site."""
+    tunnels = []
+    for i, tunnel in enumerate(hostvars.get(gateway, "dicomsec_tunnels") or []):
+        where = "dicomsec_tunnels[%d]" % i
+        if not isinstance(tunnel, dict) or not tunnel.get("name"):
+            _fail(where, "needs a name")
+        ends = tunnel.get("between") or []
+        where = "tunnel %s" % tunnel["name"]
+        if len(ends) != 2:
+            _fail(where, "needs between: the two ipsec_gateways hosts it joins")
+        if gateway not in ends:
+            continue
+        gateways = []
+        for end in ends:
+            if end not in hostvars or end not in groups.get("ipsec_gateways", []):
+                _fail(where, "joins %s, which is not in the ipsec_gateways group" % end)
+            site = _site_of(hostvars, end)
+            subnets = _site_value(hostvars, site, "dicomsec_site_subnets")
+            if not subnets:
+                _fail(where, "joins %s, whose site %s has no dicomsec_site_subnets" % (end, site))
+            entry = {"host": end, "subnets": _sources("site %s: dicomsec_site_subnets" % site, subnets),
+                     "address": _address("%s: the address of %s" % (where, end),
+                                         hostvars.get(end, "dicomsec_ipsec_address") or hostvars.get(end, "ansible_host"))}
+            ike_id = hostvars.get(end, "dicomsec_ipsec_id")
+            if ike_id:
+                entry["id"] = ike_id
+            gateways.append(entry)
+        tunnels.append(dict({k: v for k, v in tunnel.items() if k != "between"}, gateways=gateways))
+    return {"strongswan_tunnel_tunnels": tunnels} if tunnels else {}
+
+
 def estate_role_vars(hostvars, host, groups, names_only=False):
     """Variables of the roles ``host`` runs, derived from the model, minus those it sets itself."""
     if host not in hostvars:
@@ -297,6 +331,8 @@ def estate_role_vars(hostvars, host, groups, names_only=False):
         derived.update(_pacs_vars(hostvars, groups, host))
     if host in groups.get("dicom_gateways", []):
         derived.update(_gateway_vars(hostvars, groups, host))
+    if host in groups.get("ipsec_gateways", []):
+        derived.update(_tunnel_vars(hostvars, groups, host))
     result = {name: value for name, value in derived.items() if not hostvars.has(host, name)}
     return sorted(result) if names_only else result
 

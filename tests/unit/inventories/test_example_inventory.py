@@ -44,7 +44,7 @@ def test_the_playbooks_parse_against_the_example_inventory(playbook):
 
 def test_the_estate_model_gives_each_pacs_and_gateway_its_role_variables(tmp_path):
     playbook = tmp_path / "derive.yml"
-    hosts = "groups['pacs'] + groups['dicom_gateways']"
+    hosts = "groups['pacs'] + groups['dicom_gateways'] + groups['ipsec_gateways']"
     playbook.write_text(json.dumps([{
         "name": "Derive the example estate's role variables",
         "hosts": "localhost",
@@ -77,3 +77,6 @@ def test_the_estate_model_gives_each_pacs_and_gateway_its_role_variables(tmp_pat
     gateway = derived["gw-cloud.imaging.example"]
     assert {"ae": "RADWS1", "subjects": ["CN=rad-ws-1,O=Imaging Provider"]} in gateway["nginx_stream_proxy_modalities"]
     assert [u["name"] for u in gateway["nginx_stream_proxy_users"]] == ["dr-remote"]
+    tunnel = derived["ipsec-cloud.imaging.example"]["strongswan_tunnel_tunnels"][0]
+    assert [(g["host"], g["subnets"]) for g in tunnel["gateways"]] == [
+        ("ipsec-a.hospital-a.example", ["198.18.10.0/24"]), ("ipsec-cloud.imaging.example", ["198.18.30.0/24"])]

@@ -195,3 +195,46 @@ def test_a_remote_workstation_needs_a_certificate_subject():
     hostvars, groups = _broken(change)
     with pytest.raises(AnsibleFilterError, match="RADWS1. is remote: it needs certificate_subject"):
         estate_role_vars(hostvars, "pacs-cloud", groups)
+
+
+def _with_tunnel(hostvars, groups):
+    hostvars["ipsec-a"] = dict(SITE_A, ansible_host="198.18.20.90")
+    hostvars["ipsec-cloud"] = {"dicomsec_site": "cloud", "ansible_host": "198.18.20.91"}
+    for name in ("pacs-cloud", "gw-cloud"):
+        hostvars[name]["dicomsec_site_subnets"] = ["198.18.30.0/24"]
+    for name in ("pacs-a", "probe-a", "probe-wrong", "ipsec-a"):
+        hostvars[name]["dicomsec_site_subnets"] = ["198.18.10.0/24"]
+    tunnels = [{"name": "a-cloud", "between": ["ipsec-a", "ipsec-cloud"], "auth": {"method": "x509"}}]
+    for name in hostvars:
+        hostvars[name]["dicomsec_tunnels"] = tunnels
+    groups["ipsec_gateways"] = ["ipsec-a", "ipsec-cloud"]
+
+
+def test_each_end_of_a_tunnel_gets_it_with_its_sites_subnets_and_address():
+    hostvars, groups = _broken(_with_tunnel)
+    got = estate_role_vars(hostvars, "ipsec-cloud", groups)
+    assert got["strongswan_tunnel_tunnels"] == [{
+        "name": "a-cloud", "auth": {"method": "x509"},
+        "gateways": [{"host": "ipsec-a", "subnets": ["198.18.10.0/24"], "address": "198.18.20.90"},
+                     {"host": "ipsec-cloud", "subnets": ["198.18.30.0/24"], "address": "198.18.20.91"}]}]
+    assert estate_role_vars(hostvars, "ipsec-a", groups) == got
+
+
+def test_a_tunnel_to_a_host_outside_ipsec_gateways_is_refused():
+    def change(hostvars, groups):
+        _with_tunnel(hostvars, groups)
+        for name in hostvars:
+            hostvars[name]["dicomsec_tunnels"] = [{"name": "a-b", "between": ["ipsec-a", "pacs-b"]}]
+    hostvars, groups = _broken(change)
+    with pytest.raises(AnsibleFilterError, match="tunnel a-b joins pacs-b, which is not in the ipsec_gateways group"):
+        estate_role_vars(hostvars, "ipsec-a", groups)
+
+
+def test_a_tunnel_end_whose_site_has_no_subnets_is_refused():
+    def change(hostvars, groups):
+        _with_tunnel(hostvars, groups)
+        for name in ("pacs-cloud", "gw-cloud"):
+            del hostvars[name]["dicomsec_site_subnets"]
+    hostvars, groups = _broken(change)
+    with pytest.raises(AnsibleFilterError, match="joins ipsec-cloud, whose site cloud has no dicomsec_site_subnets"):
+        estate_role_vars(hostvars, "ipsec-a", groups)
