@@ -268,6 +268,9 @@ def run_audit(ports, concurrency, timeout):
         "calling_ae": "CT01",
         "identity": {"type": "username_passcode", "username": "ct01", "passcode": "benchmark-only"},
         "concurrency": concurrency,
+        # Every loopback endpoint stands for a host of its own; on one address the per-host
+        # bound would otherwise serialise them.
+        "per_host_concurrency": concurrency,
         "timeout": timeout,
         "fail_on": "never",
         # The checks nmap's comparison was made with; the responders answer no C-GET or C-MOVE.

@@ -9,7 +9,8 @@ the audit's client certificate, so they test the AE policy and not TLS; identity
 the authorized AE titles, so they test identity and not AE policy; TLS checks use the
 authorized AE titles and identity, so they test TLS alone.
 
-All associations of all endpoints share one asyncio event loop and one concurrency limit.  The
+All associations of all endpoints share one asyncio event loop and one concurrency limit, and
+each host a smaller one of its own.  The
 first association to an endpoint (the random-AE probe) also tells whether it is reachable;
 if it is refused or no TCP connection is made, no other check is sent, so a dead endpoint
 costs one connect timeout.
@@ -60,6 +61,9 @@ REACHABLE = ("reachable", "high")
 SEVERITY_ORDER = {"high": 3, "medium": 2}
 FAIL_ON = {"high": 3, "medium": 2, "never": 99}
 VERDICTS = ("pass", "fail", "inconclusive")
+# Associations in flight across all endpoints, and towards any one host.
+DEFAULT_CONCURRENCY = 256
+DEFAULT_PER_HOST_CONCURRENCY = 4
 
 # Titles that installers and tools ship with; an attacker tries these first.
 WELL_KNOWN_CALLED_AES = vendor.titles("called")
@@ -149,6 +153,8 @@ def validate(config):
             errors.append(err)
     if int(config.get("concurrency") or 0) < 1:
         errors.append("concurrency must be at least 1")
+    if config.get("per_host_concurrency") is not None and int(config["per_host_concurrency"]) < 1:
+        errors.append("per_host_concurrency must be at least 1")
     if config.get("fail_on", "high") not in FAIL_ON:
         errors.append("fail_on must be one of %s" % ", ".join(FAIL_ON))
     return errors
@@ -169,7 +175,13 @@ class _Context:
         self.has_client_cert = bool(self.tls.get("cert_file"))
         self.credentials_given = bool(self.identity or self.has_client_cert or config.get("calling_ae"))
         self.checks = list(config.get("checks") or DEFAULT_CHECKS)
-        self.concurrency = int(config.get("concurrency") or 32)
+        self.concurrency = int(config.get("concurrency") or DEFAULT_CONCURRENCY)
+        # Many endpoints fill the latency of a slow network together; one host never sees
+        # more than this many of the audit's associations at once, so a small PACS is not
+        # overloaded by its own audit (and does not answer with the inconclusive symptoms
+        # of overload).
+        self.per_host = int(config.get("per_host_concurrency") or DEFAULT_PER_HOST_CONCURRENCY)
+        self._host_limits = {}
         self.plain_ports = list(config.get("plain_ports") or PLAIN_PORTS)
         extra = config.get("vendor_ae_titles") or ()
         self.called_guesses = vendor.titles("called", extra)
@@ -232,8 +244,12 @@ class _Context:
         return req
 
     async def run(self, req):
-        """Run one probe from an endpoint's task; return its result."""
-        return await self.runner.probe(req)
+        """Run one probe from an endpoint's task, within its host's share; return its result."""
+        limit = self._host_limits.get(req["host"])
+        if limit is None:
+            limit = self._host_limits[req["host"]] = asyncio.Semaphore(self.per_host)
+        async with limit:
+            return await self.runner.probe(req)
 
 
 def _identity_key(identity):

@@ -460,3 +460,85 @@ def test_invalid_new_options_are_refused_before_any_traffic():
     assert "retry_backoff must be a number of seconds, 0 or more" in errors
     assert any(e.startswith("plain_ports[0]") for e in errors)
     assert any(e.startswith("vendor_ae_titles[0]") and "backslash" in e for e in errors)
+
+
+# --- per_host_concurrency -----------------------------------------------------------------------
+
+
+class _ConcurrencyCounter:
+    """How many TCP connections one listener held at once: a plain acceptor in front of an SCP."""
+
+    def __init__(self, upstream_port):
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.open = self.peak = 0
+        self.lock = threading.Lock()
+        self.sock = socket.create_server((LOOPBACK, 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _addr = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._carry, args=(client, socket), daemon=True).start()
+
+    def _carry(self, client, socket):
+        import threading
+
+        with self.lock:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+        upstream = socket.create_connection((LOOPBACK, self.upstream_port))
+
+        def pump(src, dst):
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+        back.start()
+        pump(client, upstream)
+        back.join(10)
+        client.close()
+        upstream.close()
+        with self.lock:
+            self.open -= 1
+
+    def stop(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("per_host, bounded", [(1, True), (8, False)])
+def test_one_host_never_holds_more_of_the_audits_associations_than_per_host_concurrency(scp_factory, per_host, bounded):
+    counter = _ConcurrencyCounter(scp_factory(ScpPolicy.OPEN))
+    try:
+        findings, _r, _s = audit([endpoint("a", counter.port)], calling_ae="CT01", concurrency=64,
+                                 per_host_concurrency=per_host)
+        assert findings["a"]["authorized"]["verdict"] == "pass"
+    finally:
+        counter.stop()
+    if bounded:
+        assert counter.peak == 1
+    else:
+        # The twin: without the bound the same checks go out together.
+        assert counter.peak > 1
