@@ -27,15 +27,17 @@ SANITY_ROOT := build/sanity/ansible_collections/dicomsec/hardening
 # System packages the tests use. Each is installed only if it is missing.
 SYSTEM_PACKAGES := python3-venv git rsync shellcheck debootstrap dcmtk orthanc nmap nftables \
 	iproute2 iptables openssl ca-certificates slapd ldap-utils python3-ldap \
-	nginx libnginx-mod-stream libnginx-mod-stream-js
+	nginx libnginx-mod-stream libnginx-mod-stream-js chromium rsyslog rsyslog-openssl
 SETUP_STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt requirements.txt | sha256sum | cut -c1-12)
 
-.PHONY: help setup system-packages venv collections lab lab-down lint sanity unit molecule test demo build package clean
+.PHONY: help setup system-packages venv collections lab lab-down lint sanity unit molecule test demo build package ee ee-test clean
 
 help:
 	@echo "make demo   - bring up the lab, show it healthy"
 	@echo "make test   - lint, sanity, unit and molecule tests (what CI runs)"
 	@echo "make setup | lint | sanity | unit | molecule | lab | lab-down | build | clean"
+	@echo "make ee     - build the execution environment dicomsec/ee:<version> (no registry)"
+	@echo "make ee-test - run site, verify and audit from inside it against a lab site"
 
 setup: system-packages venv collections
 
@@ -130,6 +132,17 @@ package: build
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/install ansible-galaxy collection list \
 	  -p build/install dicomsec.hardening | grep -q "^dicomsec.hardening *$(VERSION)"
 	@echo "package: build/$$(cd build && ls dicomsec-hardening-*.tar.gz) installs and lists"
+
+# The execution environment AWX/AAP runs the collection from (docs/execution-environment.md):
+# ansible-builder on the lab's local base image, from the tarball `build` makes.
+ee: build
+	$(LAB) run -- tests/ee/ee.sh build
+
+# site.yml, verify.yml and audit.yml from inside that EE against a lab site of its own.
+# Not part of `test`: building the EE from nothing and running it takes longer than the
+# rest of CI can spare (docs/execution-environment.md has the figures).
+ee-test: ee
+	$(LAB) run -- pytest -q -p no:cacheprovider tests/ee
 
 clean:
 	-$(LAB) down
