@@ -443,8 +443,23 @@ def judge(endpoints, audit):
 
 
 def judge_nmap(endpoints, verdicts):
-    right = sum(verdicts.get(address, "unreachable") == NMAP_TRUTH[kind] for address, kind in endpoints)
-    return right
+    """(right, {kind: wrong count})."""
+    wrong = {}
+    for address, kind in endpoints:
+        if verdicts.get(address, "unreachable") != NMAP_TRUTH[kind]:
+            wrong[kind] = wrong.get(kind, 0) + 1
+    return len(endpoints) - sum(wrong.values()), wrong
+
+
+def inconclusive_by_kind(endpoints, audit):
+    counts = {}
+    for address, kind in endpoints:
+        found = audit["endpoints"].get(address, {}).get("findings", {})
+        for check, verdict in found.items():
+            if verdict == "inconclusive":
+                key = "%s/%s" % (kind, check)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,17 +527,20 @@ def report_round(index, row, endpoints):
     audit = row["audit"]
     summary = audit["summary"]
     verdicts = judge(endpoints, audit)
-    nmap_right = judge_nmap(endpoints, row["nmap_verdicts"])
+    nmap_right, nmap_wrong = judge_nmap(endpoints, row["nmap_verdicts"])
     checks = summary["checks"]
     print("-- round %d" % (index + 1))
-    print("nmap dicom-ping: %.2f s, 1 check per endpoint, verdicts right %d/%d"
-          % (row["nmap_wall"], nmap_right, len(endpoints)))
+    print("nmap dicom-ping: %.2f s, 1 check per endpoint, verdicts right %d/%d%s"
+          % (row["nmap_wall"], nmap_right, len(endpoints),
+             " (wrong: %s)" % ", ".join("%d %s" % (n, k) for k, n in nmap_wrong.items()) if nmap_wrong else ""))
     print("dicom_audit:     %.2f s whole process (%.2f s scan), %d checks (%.1f per endpoint), %.0f checks/s, "
           "%d associations (%.2f per check)"
           % (row["audit_wall"], summary["elapsed_ms"] / 1000, checks, checks / len(endpoints),
              checks / row["audit_wall"], summary["associations"], summary["associations"] / max(checks, 1)))
-    print("verdicts against the truth: %d right, %d wrong, %d false passes; %d inconclusive"
-          % (verdicts["right"], verdicts["wrong"], verdicts["false_pass"], verdicts["inconclusive"]))
+    by_kind = inconclusive_by_kind(endpoints, audit)
+    print("verdicts against the truth: %d right, %d wrong, %d false passes; %d inconclusive%s"
+          % (verdicts["right"], verdicts["wrong"], verdicts["false_pass"], verdicts["inconclusive"],
+             " (%s)" % ", ".join("%d on %s" % (n, k) for k, n in by_kind.items()) if by_kind else ""))
     for wrong in verdicts["wrong_rows"]:
         print("   wrong: %s (%s) %s: expected %s, got %s" % wrong)
     print("wall time ratio dicom_audit/nmap: %.2f (goal: at most 1.00 with every verdict right and no false pass)"
