@@ -12,8 +12,11 @@ scenario=site
 say() { printf '\n== %s\n' "$*"; }
 
 log=$(mktemp)
-reports=$(mktemp -d)
-trap 'rm -rf "$log" "$reports"' EXIT
+# Kept after the demo: the JSON, JUnit XML and HTML reports of every run are its result.
+reports=$PWD/build/demo-reports
+rm -rf "$reports"
+mkdir -p "$reports"
+trap 'rm -f "$log"' EXIT
 # prepare.yml and verify.yml write the audit reports here.
 export DICOMSEC_AUDIT_REPORT_DIR="$reports"
 quiet() { "$@" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }; }
@@ -77,6 +80,27 @@ for h in $(docker ps --filter label=dicomsec.scenario="$scenario" --format '{{.N
     printf '  %-14s %-9s %s\n' "$h" "$state" "$addrs"
 done
 echo
+# Per site and control, from the reports verify.yml and audit.yml wrote.
+for report in "$reports"/verify/verify.json "$reports"/after/audit.json; do
+    [ -e "$report" ] || continue
+    python3 - "$report" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print("  %s (%s): %d checks, %d passed, %d failed, %d inconclusive" % (
+    doc["title"], sys.argv[1].rsplit("/", 2)[-2], doc["summary"]["total"], doc["summary"]["passed"],
+    doc["summary"]["failed"], doc["summary"]["inconclusive"]))
+sites = {}
+for r in doc["records"]:
+    counts = sites.setdefault(r.get("site", "default"), {}).setdefault(r.get("control", "?"), [0, 0, 0])
+    counts[{"pass": 0, "fail": 1}.get(r["verdict"], 2)] += 1
+for site, controls in sorted(sites.items()):
+    print("    site %s: %s" % (site, ", ".join("%s %d/%d passed" % (c, n[0], sum(n))
+                                         for c, n in sorted(controls.items()))))
+PY
+done
+for page in "$reports"/verify/verify.html "$reports"/after/audit.html; do
+    [ -e "$page" ] && echo "  report: $page"
+done
 echo "  verdict: the site is $verdict"
 echo "  available: pacs_identity and nftables_whitelist (playbooks/site.yml), the"
 echo "  dicom_association and dicom_audit modules (playbooks/verify.yml, playbooks/audit.yml)."
