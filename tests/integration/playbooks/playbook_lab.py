@@ -26,7 +26,7 @@ PLAYBOOK = REPO / "playbooks" / "verify.yml"
 AUDIT_PLAYBOOK = REPO / "playbooks" / "audit.yml"
 PACS = "lab-pacs"
 # The position's inventory name in each group.
-POSITIONS = {"modalities": "lab-modality", "outsiders": "lab-outsider"}
+POSITIONS = {"modalities": "lab-modality", "outsiders": "lab-outsider", "probes": "lab-probe"}
 # The AE title the inventory registers with the PACS.
 REGISTERED_AE = "CT01"
 
@@ -66,9 +66,12 @@ def load_reports(tmp_path, name="verify"):
     return document, junit, page
 
 
-def run_verify(tmp_path, port, group, position_vars, pacs_vars=None, playbook=PLAYBOOK, extra_vars=None):
+def run_verify(tmp_path, port, group, position_vars, pacs_vars=None, playbook=PLAYBOOK, extra_vars=None,
+               extra_groups=None):
     """Run verify.yml (or ``playbook``) against one PACS on ``port`` from a position in
-    ``group``; return (rc, output, {task name: that position's result})."""
+    ``group`` (modalities, outsiders, or probes with dicomsec_probe_position in
+    ``position_vars``); ``extra_groups`` adds groups (a gateway in dicom_gateways); return
+    (rc, output, {task name: that position's result})."""
     pacs = {
         "dicomsec_dicom_address": LOOPBACK,
         "dicomsec_dicom_tls": True,
@@ -82,10 +85,14 @@ def run_verify(tmp_path, port, group, position_vars, pacs_vars=None, playbook=PL
     position = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     position.update(position_vars)
     inventory = {"all": {
-        "vars": dict({"dicomsec_report_dir": str(reports_dir(tmp_path))}, **(extra_vars or {})),
+        # The journal check reads the PACS host's journal, which a loopback PACS does not
+        # have: the tests that want it turn it on.
+        "vars": dict({"dicomsec_report_dir": str(reports_dir(tmp_path)), "dicomsec_verify_audit_log": False},
+                     **(extra_vars or {})),
         "children": {
             "pacs": {"hosts": {PACS: pacs}},
             group: {"hosts": {POSITIONS[group]: position}},
+            **(extra_groups or {}),
         },
     }}
     inventory_file = tmp_path / "inventory.json"
