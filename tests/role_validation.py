@@ -65,3 +65,22 @@ def run_all(jobs, workers=4):
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {name: pool.submit(job) for name, job in jobs.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def failed_task(out):
+    """The ``role : task`` a run's play failed in, or None when it did not fail."""
+    head = re.split(r"^(?:fatal|failed): \[localhost", out, maxsplit=1, flags=re.M)[0]
+    names = re.findall(r"^TASK \[([^\]]+)\]", head, re.M)
+    return names[-1] if names and len(head) < len(out) else None
+
+
+def failed_tasks(results, cases):
+    """Every ``role : task`` some refused case (``cases[name][1]`` not None) failed in."""
+    return {failed_task(result["out"]) for name, result in results.items() if cases[name][1] is not None}
+
+
+def validate_tasks(role):
+    """The tasks of a role's tasks/validate.yml."""
+    import yaml
+
+    return yaml.safe_load((REPO / "roles" / role / "tasks" / "validate.yml").read_text())

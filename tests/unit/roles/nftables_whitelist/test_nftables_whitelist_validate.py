@@ -10,11 +10,10 @@ input that is valid, which must pass.
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
 import pytest
-from role_validation import run_all, run_check
+from role_validation import failed_tasks, run_all, run_check, validate_tasks
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -199,19 +198,10 @@ def test_bad_input_is_refused_with_a_clear_error_and_no_change(results, name):
     assert res["changed"] == 0, res["out"]
 
 
-def _failed_task(out):
-    """The name of the role's task the play failed in, or None."""
-    head = re.split(r"^(?:fatal|failed): \[localhost\]", out, maxsplit=1, flags=re.M)[0]
-    names = re.findall(r"^TASK \[nftables_whitelist : ([^\]]+)\]", head, re.M)
-    return names[-1] if names and len(head) < len(out) else None
-
-
 def test_every_check_of_validate_yml_is_made_to_fail_by_some_case(results):
     """No failure message of tasks/validate.yml goes untested: each check (the
     parsing filters and every assert) is where at least one refused case stops."""
-    import yaml
-
-    tasks = yaml.safe_load((REPO / "roles" / "nftables_whitelist" / "tasks" / "validate.yml").read_text())
-    failed_in = {_failed_task(r["out"]) for n, r in results.items() if ALL[n][1] is not None}
-    untested = [t["name"] for t in tasks if t["name"] not in failed_in]
+    failed_in = failed_tasks(results, ALL)
+    untested = [t["name"] for t in validate_tasks("nftables_whitelist")
+                if f"nftables_whitelist : {t['name']}" not in failed_in]
     assert not untested, untested

@@ -9,11 +9,10 @@ an accepted twin: the same input made valid passes.
 from __future__ import annotations
 
 import functools
-import re
 from pathlib import Path
 
 import pytest
-from role_validation import run_all, run_check
+from role_validation import failed_tasks, run_all, run_check, validate_tasks
 import yaml
 
 REPO = Path(__file__).resolve().parents[4]
@@ -181,20 +180,12 @@ def test_rest_passwords_never_appear_in_the_output(results):
         assert "Sh0rt-pass" not in out and STRONG not in out and "Radiology-Department" not in out
 
 
-def _failed_task(out):
-    """The role and task the play failed in, or None."""
-    head = re.split(r"^(?:fatal|failed): \[localhost\]", out, maxsplit=1, flags=re.M)[0]
-    names = re.findall(r"^TASK \[([^\]]+)\]", head, re.M)
-    return names[-1] if names and len(head) < len(out) else None
-
-
 def test_every_check_of_validate_yml_is_made_to_fail_by_some_case(results):
     """No failure message of tasks/validate.yml goes untested. The firewall pins'
     checks are nftables_whitelist's own, run from here: a case must fail in them."""
-    tasks = yaml.safe_load((REPO / "roles" / "pacs_identity" / "tasks" / "validate.yml").read_text())
-    failed_in = {_failed_task(r["out"]) for n, r in results.items() if CASES[n][1] is not None}
+    failed_in = failed_tasks(results, CASES)
     untested = []
-    for task in tasks:
+    for task in validate_tasks("pacs_identity"):
         if "ansible.builtin.include_role" in task:
             if not any(t and t.startswith("dicomsec.hardening.nftables_whitelist : ") for t in failed_in):
                 untested.append(task["name"])
