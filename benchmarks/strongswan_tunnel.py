@@ -20,6 +20,12 @@ In one run, for several rounds in rotating order:
 It prints every figure, the medians and the ratios, and whether the goal (C-STORE at least
 0.9 of the tunnel's own TCP capacity) is met.
 
+To explain the figures it also measures one round trip through the tunnel (TCP connects from the
+modality to the PACS's REST port: storescu pays one per instance, waiting for each response) and,
+around every transfer, the CPU seconds per MB of the processes that carry it (charon on each
+gateway and Orthanc, from /proc of their host PIDs; the client, from this process's children) and
+the share of the machine's CPU that was busy: a CPU-bound run shows it.
+
 Usage: python benchmarks/strongswan_tunnel.py [--instances 100] [--size-kb 512] [--rounds 3] [--destroy] [--json]
 Needs: Docker with the lab image, dcmtk (storescu), nsenter; run as root.
 """
@@ -85,6 +91,44 @@ s.close()
 """
 
 
+def host_pids(name, needle):
+    out = subprocess.run(["docker", "top", name, "-eo", "pid,args"], capture_output=True, text=True, check=False).stdout
+    return [int(ln.split()[0]) for ln in out.splitlines()[1:] if needle in ln]
+
+
+def cpu_ticks():
+    """CPU seconds so far of each process that carries the traffic, and of the whole machine."""
+    hz = os.sysconf("SC_CLK_TCK")
+    procs = {"charon_site": host_pids("st-site-gw", "charon"), "charon_cloud": host_pids("st-cloud-gw", "charon"),
+             "orthanc": host_pids("st-pacs", "Orthanc")}
+    out = {}
+    for key, pids in procs.items():
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        out[key] = total / hz
+    children = os.times()
+    out["client"] = children.children_user + children.children_system
+    cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    out["machine_busy"] = (sum(cpu) - cpu[3] - cpu[4]) / hz
+    out["machine_all"] = sum(cpu) / hz
+    return out
+
+
+def rtt_ms(src, address, port, count=50):
+    """Median TCP connect time (one round trip) from lab host src to address:port, in ms."""
+    code = ("import socket,sys,time,statistics\nv=[]\nfor _ in range(%d):\n t=time.perf_counter(); "
+            "socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5).close(); v.append(time.perf_counter()-t)\n"
+            "print(statistics.median(v)*1000)" % count)
+    out = subprocess.run(netns(src) + [sys.executable, "-c", code, address, str(port)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    return float(out.strip())
+
+
 def docker_pid(name):
     out = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", name], capture_output=True, text=True, check=False)
     return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() not in ("", "0") else None
@@ -130,10 +174,10 @@ def bulk_tcp(src, dst, dst_address, nbytes):
     return nbytes / 1e6 / float(seconds)
 
 
-def cstore(instances):
+def cstore(instances, options=()):
     """MB/s of pixel data: storescu's wall time for all instances in one association, through the tunnel."""
     instances.refresh()
-    cmd = netns("st-modality") + [STORESCU, "-aet", S["scenario_modality_aet"], "-aec", S["scenario_pacs_aet"],
+    cmd = netns("st-modality") + [STORESCU, *options, "-aet", S["scenario_modality_aet"], "-aec", S["scenario_pacs_aet"],
                                   S["scenario_pacs"], str(S["scenario_dicom_port"]), *map(str, instances.files)]
     env = dict(os.environ, TCP_NODELAY="1")
     start = time.perf_counter()
@@ -158,6 +202,7 @@ def main():
     created = ensure_lab()
     work = Path(tempfile.mkdtemp(prefix="strongswan-tunnel-bench-"))
     figures = {"cstore_tunnel": [], "tcp_tunnel": [], "tcp_clear": []}
+    cpu = {name: [] for name in figures}
     try:
         deadline = time.monotonic() + 60
         while not tunnel_up():
@@ -174,12 +219,21 @@ def main():
         names = list(runs)
         # Once untimed: Orthanc's first store and cold caches are not what is measured.
         cstore(instances)
+        # One round trip through the tunnel (a TCP connect to the PACS's REST port), which
+        # every C-STORE pays once: storescu waits for each response before the next instance.
+        rtt = rtt_ms("st-modality", S["scenario_pacs"], S["scenario_rest_port"])
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             line = []
             for name in order:
+                before = cpu_ticks()
                 value = runs[name]()
+                after = cpu_ticks()
                 figures[name].append(value)
+                mb = nbytes / 1e6
+                cpu[name].append({k: (after[k] - before[k]) / mb for k in after if not k.startswith("machine")}
+                                 | {"machine_busy_share": (after["machine_busy"] - before["machine_busy"])
+                                    / max(after["machine_all"] - before["machine_all"], 1e-9)})
                 line.append("%s %.1f MB/s" % (name, value))
             print("round %d: %s" % (r + 1, ", ".join(line)), flush=True)
     finally:
@@ -200,7 +254,12 @@ def main():
         "cstore_tunnel_over_tcp_tunnel": med["cstore_tunnel"] / med["tcp_tunnel"],
         "tcp_tunnel_over_tcp_clear": med["tcp_tunnel"] / med["tcp_clear"],
         "cstore_tunnel_over_tcp_clear": med["cstore_tunnel"] / med["tcp_clear"],
+        "rtt_tunnel_ms": rtt,
+        # CPU seconds per MB moved, per process (medians over rounds), and the machine's busy share.
+        "cpu_s_per_mb": {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in cpu.items()},
     }
+    # What the response round trips cost: one per instance.
+    result["rtt_share_of_cstore"] = (args.instances * rtt / 1000) / (nbytes / 1e6 / med["cstore_tunnel"])
     result["goal_met"] = result["cstore_tunnel_over_tcp_tunnel"] >= GOAL
     if args.json:
         print(json.dumps(result, indent=2))
@@ -211,6 +270,11 @@ def main():
     print("C-STORE / tunnel TCP: %.2f (goal >= %.2f: %s)" % (result["cstore_tunnel_over_tcp_tunnel"], GOAL, verdict))
     print("tunnel TCP / clear TCP: %.3f; C-STORE / clear TCP: %.3f"
           % (result["tcp_tunnel_over_tcp_clear"], result["cstore_tunnel_over_tcp_clear"]))
+    print("round trip through the tunnel %.2f ms: %d response waits are %.0f%% of the C-STORE's time"
+          % (rtt, args.instances, 100 * result["rtt_share_of_cstore"]))
+    for name, row in result["cpu_s_per_mb"].items():
+        print("CPU s/MB %-13s " % name + ", ".join("%s %.4f" % (k, v) for k, v in row.items() if k != "machine_busy_share")
+              + "; machine busy %.0f%% of %d cores" % (100 * row["machine_busy_share"], os.cpu_count()))
 
 
 if __name__ == "__main__":
