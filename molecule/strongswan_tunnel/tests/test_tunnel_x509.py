@@ -116,7 +116,7 @@ def _cert(cn, key, issuer_cn, issuer_key, san=None, ca=False):
 
 @pytest.fixture(scope="module")
 def supplied():
-    ca_key, site_key, cloud_key = (ec.generate_private_key(ec.SECP384R1()) for _ in range(3))
+    ca_key, site_key, cloud_key = (ec.generate_private_key(ec.SECP384R1()) for _key in range(3))
     ca = _cert(CA_NAME, ca_key, CA_NAME, ca_key, ca=True)
     site = _cert(SITE_ID, site_key, CA_NAME, ca_key, [x509.DNSName(SITE_ID)])
     cloud = _cert(CLOUD_ID, cloud_key, CA_NAME, ca_key, [x509.DNSName(CLOUD_ID)])
