@@ -102,10 +102,10 @@ for page in "$reports"/verify/verify.html "$reports"/after/audit.html; do
     [ -e "$page" ] && echo "  report: $page"
 done
 echo "  verdict: the site is $verdict"
-echo "  available: pacs_identity and nftables_whitelist (playbooks/site.yml), the"
+echo "  this site shows: pacs_identity and nftables_whitelist (playbooks/site.yml), and the"
 echo "  dicom_association and dicom_audit modules (playbooks/verify.yml, playbooks/audit.yml)."
-echo "  still to come: the nginx_stream_proxy (user identity in front of Orthanc) and"
-echo "  strongswan_tunnel roles."
+echo "  the gateway (nginx_stream_proxy), the tunnel (strongswan_tunnel) and the audit trail"
+echo "  (atna_audit) have scenarios of their own: molecule test -s nginx_stream_proxy, -s strongswan_tunnel."
 echo
 echo "  The hosts stay up for you to explore (docker exec -it site-pacs bash)."
 echo "  'make lab-down' removes them and stops the Docker engine if the lab started it."
