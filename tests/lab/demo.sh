@@ -104,8 +104,8 @@ done
 echo "  verdict: the site is $verdict"
 echo "  this site shows: pacs_identity and nftables_whitelist (playbooks/site.yml), and the"
 echo "  dicom_association and dicom_audit modules (playbooks/verify.yml, playbooks/audit.yml)."
-echo "  the gateway (nginx_stream_proxy), the tunnel (strongswan_tunnel) and the audit trail"
-echo "  (atna_audit) have scenarios of their own: molecule test -s nginx_stream_proxy, -s strongswan_tunnel."
+echo "  the gateway and the tunnel have scenarios of their own (molecule test -s nginx_stream_proxy,"
+echo "  -s strongswan_tunnel); the audit trail is proven on loopback (tests/integration/roles/atna_audit)."
 echo
 echo "  The hosts stay up for you to explore (docker exec -it site-pacs bash)."
 echo "  'make lab-down' removes them and stops the Docker engine if the lab started it."
