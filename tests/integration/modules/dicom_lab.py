@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib
 import ipaddress
 import json
 import os
@@ -217,7 +218,38 @@ def tls_scp_factory(pki):
 REJECT_CALLING = b"\x03\x00\x00\x00\x00\x04\x00\x01\x01\x03"
 
 
-class HostileServer:
+class LoopListeners:
+    """Loopback listeners served by one asyncio loop in a thread of its own; ``listen`` opens
+    one for a connection handler and returns its port, ``stop`` closes them all."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._servers = []
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def listen(self, handler):
+        async def start():
+            server = await asyncio.start_server(handler, LOOPBACK, 0)
+            self._servers.append(server)
+            return server.sockets[0].getsockname()[1]
+
+        return asyncio.run_coroutine_threadsafe(start(), self.loop).result(5)
+
+    def stop(self):
+        async def close_all():
+            for server in self._servers:
+                server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class HostileServer(LoopListeners):
     """One loopback listener per misbehaviour, all served by one asyncio loop in a thread.
 
     Modes: ``garbage`` (HTTP-looking bytes), ``endless`` (an A-ASSOCIATE-AC header that
@@ -251,23 +283,12 @@ class HostileServer:
     )
 
     def __init__(self):
-        self.loop = asyncio.new_event_loop()
+        super().__init__()
         self.ports = {}
         self.connections = {}
-        self._servers = []
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
         for mode in self.MODES:
-            future = asyncio.run_coroutine_threadsafe(self._start(mode), self.loop)
-            self.ports[mode] = future.result(5)
+            self.ports[mode] = self.listen(lambda r, w, mode=mode: self._handle(mode, r, w))
             self.connections[mode] = 0
-
-    async def _start(self, mode):
-        server = await asyncio.start_server(
-            lambda r, w, mode=mode: self._handle(mode, r, w), LOOPBACK, 0
-        )
-        self._servers.append(server)
-        return server.sockets[0].getsockname()[1]
 
     @staticmethod
     def _rst(writer):
@@ -406,18 +427,6 @@ class HostileServer:
         writer.write(dimse_response_pdus(0x8020, 0xFE00, context_id=3))
         await writer.drain()
         await self._serve_release(reader, writer)
-
-    def stop(self):
-        async def close_all():
-            for server in self._servers:
-                server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -578,3 +587,26 @@ def run_module(module, args, *extra, check=False, verbosity=0, interpreter=None)
     except (ValueError, KeyError, IndexError):
         pass
     return proc.returncode, output, data
+
+
+def module_argument_spec(module):
+    """Capture the module's argument_spec by running main() with a stub AnsibleModule."""
+    mod = importlib.import_module("ansible_collections.dicomsec.hardening.plugins.modules." + module)
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(argument_spec, **kwargs):
+        captured["spec"] = argument_spec
+        raise Stop()
+
+    original = mod.AnsibleModule
+    mod.AnsibleModule = fake
+    try:
+        mod.main()
+    except Stop:
+        pass
+    finally:
+        mod.AnsibleModule = original
+    return mod, captured["spec"]

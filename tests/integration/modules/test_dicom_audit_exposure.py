@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import threading
 
 import pytest
 
-from dicom_lab import LOOPBACK, USERS, ScpPolicy, free_port, run_module
+from dicom_lab import LOOPBACK, USERS, LoopListeners, ScpPolicy, free_port, run_module
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_audit as da
 
@@ -229,7 +228,7 @@ def test_hardened_orthanc_lets_no_vendor_default_in(orthanc_hardened):
 # --- a server that degrades on purpose ----------------------------------------------------------
 
 
-class DegradingProxy:
+class DegradingProxy(LoopListeners):
     """A TCP front for a real pynetdicom SCP that misbehaves on a schedule, one listener per
     schedule, all on one asyncio loop in a thread.
 
@@ -241,24 +240,15 @@ class DegradingProxy:
     """
 
     def __init__(self, backend_port, schedules):
+        super().__init__()
         self.backend_port = backend_port
-        self.loop = asyncio.new_event_loop()
         self.ports = {}
         self.counts = {}
         self.actions = {}
-        self._servers = []
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
         for name, schedule in schedules.items():
             self.counts[name] = 0
             self.actions[name] = []
-            future = asyncio.run_coroutine_threadsafe(self._start(name, schedule), self.loop)
-            self.ports[name] = future.result(5)
-
-    async def _start(self, name, schedule):
-        server = await asyncio.start_server(lambda r, w: self._handle(name, schedule, r, w), LOOPBACK, 0)
-        self._servers.append(server)
-        return server.sockets[0].getsockname()[1]
+            self.ports[name] = self.listen(lambda r, w, name=name, schedule=schedule: self._handle(name, schedule, r, w))
 
     async def _handle(self, name, schedule, reader, writer):
         index = self.counts[name]
@@ -311,18 +301,6 @@ class DegradingProxy:
             forwarded += len(data)
         if not writer.transport.is_closing():
             writer.close()
-
-    def stop(self):
-        async def close_all():
-            for server in self._servers:
-                server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 # What each check must say about the open pynetdicom SCP behind every front: it lets
@@ -465,80 +443,30 @@ def test_invalid_new_options_are_refused_before_any_traffic():
 # --- per_host_concurrency -----------------------------------------------------------------------
 
 
-class _ConcurrencyCounter:
-    """How many TCP connections one listener held at once: a plain acceptor in front of an SCP."""
-
-    def __init__(self, upstream_port):
-        import socket
-        import threading
-
-        self.upstream_port = upstream_port
-        self.open = self.peak = 0
-        self.lock = threading.Lock()
-        self.sock = socket.create_server((LOOPBACK, 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _addr = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._carry, args=(client, socket), daemon=True).start()
-
-    def _carry(self, client, socket):
-        import threading
-
-        with self.lock:
-            self.open += 1
-            self.peak = max(self.peak, self.open)
-        upstream = socket.create_connection((LOOPBACK, self.upstream_port))
-
-        def pump(src, dst):
-            try:
-                while True:
-                    data = src.recv(65536)
-                    if not data:
-                        break
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
-        back.start()
-        pump(client, upstream)
-        back.join(10)
-        client.close()
-        upstream.close()
-        with self.lock:
-            self.open -= 1
-
-    def stop(self):
-        self.sock.close()
-
-
 @pytest.mark.parametrize("per_host, bounded", [(1, True), (8, False)])
-def test_one_host_never_holds_more_of_the_audits_associations_than_per_host_concurrency(scp_factory, per_host, bounded):
-    counter = _ConcurrencyCounter(scp_factory(ScpPolicy.OPEN))
-    try:
-        findings, _r, _s = audit([endpoint("a", counter.port)], calling_ae="CT01", concurrency=64,
-                                 per_host_concurrency=per_host)
-        assert findings["a"]["authorized"]["verdict"] == "pass"
-    finally:
-        counter.stop()
+def test_one_host_never_holds_more_of_the_audits_associations_than_per_host_concurrency(scp_factory, monkeypatch,
+                                                                                        per_host, bounded):
+    # Counted where each association is made, around the engine's own probe: a count taken
+    # on the server's side sees a closed connection's FIN only after the next one is accepted.
+    from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe as dp
+
+    in_flight = {"now": 0, "peak": 0}
+    real_probe = dp.Runner.probe
+
+    async def counted(self, req):
+        in_flight["now"] += 1
+        in_flight["peak"] = max(in_flight["peak"], in_flight["now"])
+        try:
+            return await real_probe(self, req)
+        finally:
+            in_flight["now"] -= 1
+
+    monkeypatch.setattr(dp.Runner, "probe", counted)
+    findings, _r, _s = audit([endpoint("a", scp_factory(ScpPolicy.OPEN))], calling_ae="CT01", concurrency=64,
+                             per_host_concurrency=per_host)
+    assert findings["a"]["authorized"]["verdict"] == "pass"
     if bounded:
-        assert counter.peak == 1
+        assert in_flight["peak"] == 1
     else:
         # The twin: without the bound the same checks go out together.
-        assert counter.peak > 1
+        assert in_flight["peak"] > 1

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from dicom_lab import COLLECTIONS_PATH, REPO, ansible_bin
+from dicom_lab import COLLECTIONS_PATH, REPO, ansible_bin, module_argument_spec
 
 MODULES = ["dicom_association", "dicom_audit"]
 
@@ -29,32 +29,9 @@ def test_ansible_doc_renders_the_module_with_examples(module):
     assert "identity" in proc.stdout and "passcode" in proc.stdout
 
 
-def _argument_spec(module):
-    """Capture the module's argument_spec by running main() with a stub AnsibleModule."""
-    mod = importlib.import_module("ansible_collections.dicomsec.hardening.plugins.modules." + module)
-    captured = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake(argument_spec, **kwargs):
-        captured["spec"] = argument_spec
-        raise Stop()
-
-    original = mod.AnsibleModule
-    mod.AnsibleModule = fake
-    try:
-        mod.main()
-    except Stop:
-        pass
-    finally:
-        mod.AnsibleModule = original
-    return mod, captured["spec"]
-
-
 @pytest.mark.parametrize("module", MODULES)
 def test_every_example_passes_the_argument_spec(module):
-    mod, spec = _argument_spec(module)
+    mod, spec = module_argument_spec(module)
     tasks = yaml.safe_load(mod.EXAMPLES)
     calls = [t["dicomsec.hardening." + module] for t in tasks if "dicomsec.hardening." + module in t]
     assert calls

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from dicom_lab import COLLECTIONS_PATH, REPO, ansible_bin, run_module
+from dicom_lab import COLLECTIONS_PATH, REPO, ansible_bin, module_argument_spec, run_module
 
 RECORDS = [
     {
@@ -120,29 +120,11 @@ def test_ansible_doc_renders_the_module_with_examples():
 
 
 def test_every_example_passes_the_argument_spec():
-    from ansible_collections.dicomsec.hardening.plugins.modules import dicom_report as mod
-
-    captured = {}
-
-    class Stop(Exception):
-        pass
-
-    def fake(argument_spec, **kwargs):
-        captured["spec"] = argument_spec
-        raise Stop()
-
-    original = mod.AnsibleModule
-    mod.AnsibleModule = fake
-    try:
-        mod.main()
-    except Stop:
-        pass
-    finally:
-        mod.AnsibleModule = original
+    mod, spec = module_argument_spec("dicom_report")
     calls = [t["dicomsec.hardening.dicom_report"] for t in yaml.safe_load(mod.EXAMPLES) if "dicomsec.hardening.dicom_report" in t]
     assert len(calls) == 2
     for args in calls:
         if isinstance(args["records"], str):
             args = dict(args, records=RECORDS)
-        result = ArgumentSpecValidator(captured["spec"]).validate(args)
+        result = ArgumentSpecValidator(spec).validate(args)
         assert result.error_messages == [], args

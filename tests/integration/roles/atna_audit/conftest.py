@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "nginx_stream_proxy"))
 
 from atna_lab import AtnaPki, Collector, Sender, remove, rsyslog_missing, sender_vars  # noqa: E402
-from gate_lab import CALLED_AE, PASSCODES, Nginx, RecordingScp, free_port, make_root, nginx_missing, render_gateway  # noqa: E402
+from gate_lab import (  # noqa: E402
+    PASSCODES, Nginx, RecordingScp, free_port, loopback_listener, make_root, nginx_missing, render_gateway)
 
 
 class Gateway:
@@ -29,14 +30,6 @@ class Gateway:
         return self.ports[name]
 
 
-def _listener(name, port, upstream_port, **extra):
-    listener = {"name": name, "port": port, "addresses": ["127.0.0.1"], "called_aes": [CALLED_AE],
-                "upstream": {"host": "127.0.0.1", "port": upstream_port},
-                "timeouts": {"preread": 3, "connect": 3, "idle": 30}, "max_connections_per_source": 64}
-    listener.update(extra)
-    return listener
-
-
 @pytest.fixture(scope="session")
 def gateway():
     missing = nginx_missing() + rsyslog_missing()
@@ -49,9 +42,9 @@ def gateway():
     gw.ports = {"plain": free_port(), "optional_identity": free_port()}
     role_vars = {
         "nginx_stream_proxy_listeners": [
-            _listener("plain", gw.ports["plain"], gw.upstream.port, calling_aes=["CT01"]),
-            _listener("optional_identity", gw.ports["optional_identity"], gw.upstream.port, calling_aes=["CT01"],
-                      identity={"required": False}),
+            loopback_listener("plain", gw.ports["plain"], gw.upstream.port, calling_aes=["CT01"]),
+            loopback_listener("optional_identity", gw.ports["optional_identity"], gw.upstream.port, calling_aes=["CT01"],
+                              identity={"required": False}),
         ],
         "nginx_stream_proxy_modalities": [{"ae": "CT01", "sources": ["127.0.0.1/32"]}],
         "nginx_stream_proxy_users": [{"name": "ct01tech", "passcode": PASSCODES["ct01tech"], "calling_aes": ["CT01"]}],

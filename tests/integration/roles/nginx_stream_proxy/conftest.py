@@ -7,7 +7,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from gate_lab import CALLED_AE, PASSCODES, GatePki, Idp, Nginx, RecordingScp, SyslogSink, free_port, make_root, render_gateway, skip_without_nginx
+from gate_lab import (PASSCODES, GatePki, Idp, Nginx, RecordingScp, SyslogSink, free_port, loopback_listener,
+                      make_root, render_gateway, skip_without_nginx)
 
 
 class Gateway:
@@ -35,14 +36,6 @@ def _identity_checker(event):
     return ok, (b"" if ok else None)
 
 
-def _listener(name, port, upstream_port, **extra):
-    listener = {"name": name, "port": port, "addresses": ["127.0.0.1"], "called_aes": [CALLED_AE],
-                "upstream": {"host": "127.0.0.1", "port": upstream_port},
-                "timeouts": {"preread": 3, "connect": 3, "idle": 30}, "max_connections_per_source": 64}
-    listener.update(extra)
-    return listener
-
-
 @pytest.fixture(scope="session")
 def gateway():
     skip_without_nginx()
@@ -58,21 +51,21 @@ def gateway():
     up = gw.upstream.port
     tls = {"certificate": pki.path("server.pem"), "key": pki.path("server.key")}
     listeners = [
-        _listener("plain", gw.ports["plain"], up, calling_aes=["CT01", "MR02"]),
-        _listener("username_only", gw.ports["username_only"], up, calling_aes=["CT01"],
-                  identity={"types": ["username", "username_passcode"]}),
-        _listener("optional_identity", gw.ports["optional_identity"], up, calling_aes=["CT01"],
-                  identity={"required": False}),
-        _listener("tls", gw.ports["tls"], up, calling_aes=["CTTLS"], tls=tls,
-                  client_certificate={"ca": pki.path("ca.pem"), "mode": "required", "depth": 2}),
-        _listener("tls_optional", gw.ports["tls_optional"], up, calling_aes=["CTTLS"], tls=tls,
-                  client_certificate={"ca": pki.path("ca.pem"), "mode": "optional"}),
-        _listener("tls_crl", gw.ports["tls_crl"], up, calling_aes=["CTTLS"], tls=tls,
-                  client_certificate={"ca": pki.path("ca.pem"), "crl": pki.path("ca.crl"), "mode": "required"}),
-        _listener("pass_through", gw.ports["pass_through"], gw.identity_upstream.port, calling_aes=["CT01"],
-                  identity={"types": ["username_passcode"], "pass_through": True},
-                  upstream={"host": "127.0.0.1", "port": gw.identity_upstream.port,
-                            "tls": {"enabled": True, "ca": pki.path("ca.pem"), "server_name": "localhost"}}),
+        loopback_listener("plain", gw.ports["plain"], up, calling_aes=["CT01", "MR02"]),
+        loopback_listener("username_only", gw.ports["username_only"], up, calling_aes=["CT01"],
+                          identity={"types": ["username", "username_passcode"]}),
+        loopback_listener("optional_identity", gw.ports["optional_identity"], up, calling_aes=["CT01"],
+                          identity={"required": False}),
+        loopback_listener("tls", gw.ports["tls"], up, calling_aes=["CTTLS"], tls=tls,
+                          client_certificate={"ca": pki.path("ca.pem"), "mode": "required", "depth": 2}),
+        loopback_listener("tls_optional", gw.ports["tls_optional"], up, calling_aes=["CTTLS"], tls=tls,
+                          client_certificate={"ca": pki.path("ca.pem"), "mode": "optional"}),
+        loopback_listener("tls_crl", gw.ports["tls_crl"], up, calling_aes=["CTTLS"], tls=tls,
+                          client_certificate={"ca": pki.path("ca.pem"), "crl": pki.path("ca.crl"), "mode": "required"}),
+        loopback_listener("pass_through", gw.ports["pass_through"], gw.identity_upstream.port, calling_aes=["CT01"],
+                          identity={"types": ["username_passcode"], "pass_through": True},
+                          upstream={"host": "127.0.0.1", "port": gw.identity_upstream.port,
+                                    "tls": {"enabled": True, "ca": pki.path("ca.pem"), "server_name": "localhost"}}),
     ]
     role_vars = {
         "nginx_stream_proxy_listeners": listeners,

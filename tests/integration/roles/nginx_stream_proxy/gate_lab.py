@@ -299,6 +299,15 @@ def _playbook(out):
     }]
 
 
+def loopback_listener(name, port, upstream_port, **extra):
+    """A listener of nginx_stream_proxy_listeners on loopback, with short timeouts for tests."""
+    listener = {"name": name, "port": port, "addresses": ["127.0.0.1"], "called_aes": [CALLED_AE],
+                "upstream": {"host": "127.0.0.1", "port": upstream_port},
+                "timeouts": {"preread": 3, "connect": 3, "idle": 30}, "max_connections_per_source": 64}
+    listener.update(extra)
+    return listener
+
+
 def render_gateway(root, role_vars):
     """Render the role's gate, policy and stream.conf into ``root`` (gate/, stream.conf), and
     a main nginx.conf whose events {} starts as Debian ships it and is then raised by the
@@ -443,4 +452,4 @@ def wait_for(predicate, timeout=5.0):
 
 
 __all__ = ["CALLED_AE", "PASSCODES", "GatePki", "Idp", "Nginx", "RecordingScp", "SyslogSink", "Unavailable", "free_port", "make_root",
-           "nginx_missing", "read_decisions", "render_gateway", "skip_without_nginx", "write_main_conf", "shutil", "wait_for"]
+           "loopback_listener", "nginx_missing", "read_decisions", "render_gateway", "skip_without_nginx", "write_main_conf", "shutil", "wait_for"]
