@@ -40,6 +40,7 @@ import ssl
 import threading
 import time
 import warnings
+import weakref
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu as pdu
 
@@ -275,6 +276,20 @@ def tls_options_error(tls):
     return None
 
 
+# The TLS connections (ssl.SSLObject) whose server asked for a client certificate in the
+# handshake. nginx's stream module finishes every handshake and only then closes a
+# connection that sent no required certificate, cleanly and without an alert: only this
+# record of the server's CertificateRequest tells that close from any other.
+_CERTIFICATE_REQUESTED = weakref.WeakSet()
+_TLS_HANDSHAKE = 22
+_TLS_CERTIFICATE_REQUEST = 13
+
+
+def _note_tls_message(conn, direction, version, content_type, msg_type, data):
+    if direction == "read" and content_type == _TLS_HANDSHAKE and msg_type == _TLS_CERTIFICATE_REQUEST:
+        _CERTIFICATE_REQUESTED.add(conn)
+
+
 def make_ssl_context(tls):
     """Build the client SSLContext for a ``tls`` options dict."""
     with warnings.catch_warnings():
@@ -316,6 +331,12 @@ def _make_ssl_context(tls):
         context.load_cert_chain(
             tls["cert_file"], tls.get("key_file") or None, password=tls.get("key_password") or None
         )
+    try:
+        # CPython's hook for OpenSSL's message callback (3.8 and later); without it a
+        # certificate refusal after the handshake stays an "aborted" close.
+        context._msg_callback = _note_tls_message
+    except (AttributeError, NotImplementedError):
+        pass
     return context
 
 
@@ -573,6 +594,7 @@ class Probe:
                     "version": ssl_object.version() if ssl_object is not None else None,
                     "cipher": cipher[0] if cipher else None,
                     "peer_subject": _peer_subject(ssl_object),
+                    "certificate_requested": ssl_object is not None and ssl_object in _CERTIFICATE_REQUESTED,
                 }
             else:
                 await loop.create_connection(lambda: stream, sock=sock)
@@ -640,7 +662,16 @@ class Probe:
             # client certificate; the server's verdict arrives as an alert on first read.
             return self._finish("tls_failed", "TLS alert from peer: %s" % _ssl_reason(err))
         what = "reset" if isinstance(err, ConnectionResetError) else "closed"
-        tls_version = (self.result.get("tls") or {}).get("version")
+        tls = self.result.get("tls") or {}
+        if tls.get("certificate_requested") and not (self.req.get("tls") or {}).get("cert_file"):
+            # The request was sent and not answered: the server asked for a certificate,
+            # got none, and closed before reading a byte of DICOM (nginx's way).
+            return self._finish(
+                "tls_failed",
+                "the server asked for a client certificate in the TLS handshake, none was sent, and it %s "
+                "the connection before any DICOM answer" % ("reset" if what == "reset" else "closed"),
+            )
+        tls_version = tls.get("version")
         if tls_version == "TLSv1.3" and what == "reset":
             # In TLS 1.3 the server checks the client certificate after the client has
             # finished its handshake; OpenSSL-based servers then often reset the

@@ -266,10 +266,14 @@ identity_response:
   type: dict
   sample: {present: true, length: 0, server_response: ""}
 tls:
-  description: Negotiated TLS version, cipher and the server certificate's subject; null without TLS or when the handshake failed.
+  description:
+    - Negotiated TLS version, cipher and the server certificate's subject; null without TLS or when the handshake failed.
+    - C(certificate_requested) says whether the server asked for a client certificate in the handshake. A server
+      that asked, got none and closed the connection before any DICOM answer (nginx's stream module does so after
+      its TLS 1.3 handshake, without an alert) gives the outcome V(tls_failed).
   returned: always
   type: dict
-  sample: {version: TLSv1.3, cipher: TLS_AES_256_GCM_SHA384, peer_subject: CN=pacs.example.org}
+  sample: {version: TLSv1.3, cipher: TLS_AES_256_GCM_SHA384, peer_subject: CN=pacs.example.org, certificate_requested: true}
 operation:
   description:
     - What happened to the operation O(dimse) asked for; null when O(dimse=none) or when the

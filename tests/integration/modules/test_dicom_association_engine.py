@@ -156,6 +156,16 @@ def test_tls_without_client_certificate_fails(tls_scp_factory, pki):
     assert result["outcome"] == "tls_failed"
 
 
+def test_a_server_that_asks_for_a_client_certificate_is_recorded_as_asking(tls_scp_factory, pki):
+    result = probe(tls_scp_factory(), tls=pki.client_tls())
+    assert result["outcome"] == "accepted" and result["tls"]["certificate_requested"] is True, result
+
+
+def test_a_server_that_asks_for_no_client_certificate_is_not_recorded_as_asking(tls_scp_factory, pki):
+    result = probe(tls_scp_factory(require_client_cert=False), tls=pki.client_tls(cert_file=None, key_file=None))
+    assert result["outcome"] == "accepted" and result["tls"]["certificate_requested"] is False, result
+
+
 def test_tls_with_untrusted_client_certificate_fails(tls_scp_factory, pki):
     tls = pki.client_tls(cert_file=pki.path("intruder.pem"), key_file=pki.path("intruder.key"))
     assert probe(tls_scp_factory(), tls=tls)["outcome"] == "tls_failed"

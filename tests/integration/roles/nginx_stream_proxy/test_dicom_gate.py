@@ -242,7 +242,20 @@ def test_tls_client_with_another_trusted_certificate_is_rejected_with_reason_3(g
 
 
 def test_tls_client_without_a_certificate_is_closed(gateway):
-    assert_closed(probe(gateway, "tls", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls(None)))
+    result = probe(gateway, "tls", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls(None))
+    # nginx finishes the handshake, then closes without an alert: the probe tells this close
+    # from any other by the CertificateRequest it read, so the outcome says TLS refused it.
+    assert result["outcome"] == "tls_failed" and result["reject"] is None, result
+    assert result["tls"]["certificate_requested"] is True, result
+    assert "asked for a client certificate in the TLS handshake, none was sent" in result["detail"], result
+
+
+def test_a_close_after_the_handshake_is_not_blamed_on_a_certificate_that_was_sent(gateway):
+    # The twin: an untrusted certificate was sent, so the same close stays what it is.
+    result = probe(gateway, "tls", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls("intruder"))
+    assert_closed(result)
+    assert "none was sent" not in result.get("detail", ""), result
+
 
 
 def test_tls_client_with_an_untrusted_certificate_is_closed(gateway):

@@ -15,6 +15,8 @@ from ansible_collections.dicomsec.hardening.plugins.test.ip_address import TestM
 from ansible_collections.dicomsec.hardening.plugins.test.ip_address import ip_address
 from ansible_collections.dicomsec.hardening.plugins.test.ip_prefix import TestModule as PrefixTests
 from ansible_collections.dicomsec.hardening.plugins.test.ip_prefix import ip_prefix
+from ansible_collections.dicomsec.hardening.plugins.test.ip_within import TestModule as WithinTests
+from ansible_collections.dicomsec.hardening.plugins.test.ip_within import ip_within
 
 
 @pytest.mark.parametrize("value", ["198.18.10.60", "2001:db8:d1c0:10::60", "::", "::1", "0.0.0.0",
@@ -125,3 +127,29 @@ def test_the_plugin_documentation_is_valid_yaml():
         assert set(doc["options"]) == options
         assert yaml.safe_load(plugin.EXAMPLES)
         yaml.safe_load(plugin.RETURN)
+
+
+@pytest.mark.parametrize("value, prefixes, expected", [
+    ("198.18.10.75", ["198.18.10.0/24"], True),
+    ("198.18.10.75", ["198.18.12.0/24", "198.18.10.75"], True),
+    ("198.18.11.75", ["198.18.10.0/24"], False),
+    # Never across families, not even for the IPv4-mapped form.
+    ("::ffff:198.18.10.75", ["198.18.10.0/24"], False),
+    ("2001:db8:d1c0:10::75", ["198.18.10.0/24", "2001:db8:d1c0:10::/64"], True),
+    ("198.18.10.75", [], False),
+    ("198.18.10.75", "198.18.10.0/24", True),
+    ("ct-1.example", ["198.18.10.0/24"], False),
+    (None, ["198.18.10.0/24"], False),
+])
+def test_ip_within_matches_as_ipaddress_does(value, prefixes, expected):
+    assert ip_within(value, prefixes) is expected
+
+
+@pytest.mark.parametrize("prefix", ["198.18.10.1/24", "gateway.example", "198.18.10.0/33"])
+def test_ip_within_names_a_prefix_that_is_not_one(prefix):
+    with pytest.raises(AnsibleError, match="ip_within: '%s' is not an address or prefix" % prefix.replace(".", r"\.")):
+        ip_within("198.18.10.75", ["198.18.10.0/24", prefix])
+
+
+def test_ip_within_is_registered():
+    assert WithinTests().tests()["ip_within"] is ip_within
