@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 
@@ -125,6 +126,36 @@ def refused_and_logged(client, args, server, src, timeout=20):
             return answer, lines
 
 
+def journal_cursor(name):
+    """The cursor of the newest entry in `name`'s journal: entries after it are new."""
+    return json.loads(host(name).check_output("journalctl --quiet --no-pager --output=json --lines=1"))["__CURSOR"]
+
+
+def journal_refusals(name, cursor, src):
+    """`name`'s journal entries under the identifier ulogd, after `cursor`, about `src`."""
+    out = host(name).check_output(
+        f"journalctl --quiet --no-pager --output=json --identifier=ulogd --after-cursor={shlex.quote(cursor)}")
+    entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [e for e in entries if f"SRC={src} " in str(e.get("MESSAGE", ""))]
+
+
+def refused_and_journaled(client, args, server, src, timeout=20):
+    """Probe from `client` until `server`'s journal has a new ulogd entry about `src`;
+    return the probe's last answer and the new entries (rate-limited, as refused_and_logged)."""
+    cursor = journal_cursor(server)
+    deadline = time.time() + timeout
+    while True:
+        answer = probe(client, *args)
+        wait_until = min(time.time() + 2, deadline)
+        while True:
+            entries = journal_refusals(server, cursor, src)
+            if entries or time.time() >= wait_until:
+                break
+            time.sleep(0.2)
+        if entries or time.time() >= deadline:
+            return answer, entries
+
+
 def live_digest():
     out = host("wl-server").check_output("nft --terse list table inet dicomsec")
     return next(line.split('"')[1] for line in out.splitlines() if "comment" in line)
@@ -173,6 +204,33 @@ def test_accepted_connections_are_not_logged():
     log = host("wl-server").file(LOG_FILE).content_string
     # (The IPsec tests below refuse this modality on 4243 in the clear: only port 104 counts.)
     assert not [ln for ln in log.splitlines() if "SRC=198.18.10.31 " in ln and "DPT=104 " in ln]
+
+
+def test_refused_packet_is_in_the_journal_under_ulogd_with_the_prefix_and_source_address():
+    # The nflog backend: ulogd2 writes each refused packet to its file and, through its
+    # SYSLOG output, to the journal, where verify.yml's journal check reads it.
+    answer, entries = refused_and_journaled("wl-denied", ("tcp", SERVER_V4, 104), "wl-server", "198.18.10.32")
+    assert answer == "refused"
+    assert entries, "no journal entry under the identifier ulogd for the refused host"
+    entry = entries[-1]
+    assert entry["SYSLOG_IDENTIFIER"] == "ulogd"
+    assert entry["MESSAGE"].startswith("dicomsec-refused dicom: "), entry["MESSAGE"]
+    assert "DPT=104 " in entry["MESSAGE"]
+    # The role's defaults: LOG_DAEMON (3), LOG_WARNING (4), the kernel backend's level.
+    assert (entry["SYSLOG_FACILITY"], entry["PRIORITY"]) == ("3", "4"), entry
+    # The same packet is in the file too: the journal copy is beside it, not instead of it.
+    port = re.search(r" SPT=(\d+) ", entry["MESSAGE"]).group(1)
+    log = host("wl-server").file(LOG_FILE).content_string
+    assert [ln for ln in log.splitlines() if "SRC=198.18.10.32 " in ln and f" SPT={port} " in ln]
+
+
+def test_accepted_connection_leaves_no_refusal_in_the_journal():
+    cursor = journal_cursor("wl-server")
+    assert probe("wl-allowed", "tcp", SERVER_V4, 104) == "open"
+    # A refusal made after it proves the journal copy was flowing all along.
+    answer, entries = refused_and_journaled("wl-denied", ("tcp", SERVER_V4, 104), "wl-server", "198.18.10.32")
+    assert answer == "refused" and entries
+    assert not [e for e in journal_refusals("wl-server", cursor, "198.18.10.31") if "DPT=104 " in e["MESSAGE"]]
 
 
 @pytest.mark.parametrize("addr", [SERVER_MGMT_V4, SERVER_MGMT_V6])
@@ -284,6 +342,21 @@ def test_gateway_logs_the_refused_remote_site():
     assert answer == "refused"
     assert lines
     assert "dicomsec-refused dicom_segment:" in lines[-1]
+
+
+def test_gateway_writes_the_refused_remote_site_to_its_journal():
+    answer, entries = refused_and_journaled("wl-remote-bad", ("tcp", SERVER_V4, 11112), "wl-gateway", "198.18.20.35")
+    assert answer == "refused"
+    assert entries, "no journal entry under the identifier ulogd on the gateway"
+    assert entries[-1]["MESSAGE"].startswith("dicomsec-refused dicom_segment: "), entries[-1]["MESSAGE"]
+
+
+def test_gateway_journal_holds_no_refusal_of_the_whitelisted_remote_site():
+    cursor = journal_cursor("wl-gateway")
+    assert echo_accepted("wl-remote-ok", SERVER_V4, 11112)
+    answer, entries = refused_and_journaled("wl-remote-bad", ("tcp", SERVER_V4, 11112), "wl-gateway", "198.18.20.35")
+    assert answer == "refused" and entries
+    assert not journal_refusals("wl-gateway", cursor, "198.18.20.34")
 
 
 # Interfaces: 4242 is reachable only through the LAN interface. wl-admin is on its

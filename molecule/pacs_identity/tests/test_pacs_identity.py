@@ -125,6 +125,92 @@ def test_registered_ae_from_another_address_is_rejected_with_reason_3():
     assert reject(res) == CALLING_AE_NOT_RECOGNIZED, res
 
 
+# --- Orthanc's refusals in the journal ------------------------------------------------------
+
+IMPOSTOR_ADDRESS = "198.18.10.62"
+UNKNOWN_ADDRESS = SCENARIO["scenario_viewer"]["host"]  # the unknown modality's host
+
+
+def journal_cursor(name):
+    """The cursor of the newest entry in `name`'s journal: entries after it are new."""
+    return json.loads(host(name).check_output("journalctl --quiet --no-pager --output=json --lines=1"))["__CURSOR"]
+
+
+def orthanc_journal(name, cursor):
+    """Messages under the identifier orthanc in `name`'s journal after `cursor`."""
+    out = host(name).check_output(
+        f"journalctl --quiet --no-pager --output=json --identifier=orthanc --after-cursor={shlex.quote(cursor)}")
+    return [str(json.loads(line).get("MESSAGE", "")) for line in out.splitlines() if line.startswith("{")]
+
+
+def journaled(name, cursor, needle, timeout=10):
+    """Poll `name`'s orthanc journal until a message after `cursor` contains `needle`; the messages."""
+    deadline = time.time() + timeout
+    while True:
+        messages = orthanc_journal(name, cursor)
+        if any(needle in m for m in messages) or time.time() >= deadline:
+            return messages
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("pacs", sorted(PACS))
+def test_orthanc_runs_without_logdir_and_logs_under_its_identifier(pacs):
+    h = host(pacs)
+    pid = h.check_output("systemctl show -p MainPID --value orthanc")
+    assert pid != "0"
+    argv = h.check_output(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").splitlines()
+    assert not [a for a in argv if a.startswith("--logdir")], argv
+    assert h.check_output("systemctl show -p SyslogIdentifier --value orthanc") == "orthanc"
+    # The running process's own start-up line is there, under the identifier.
+    started = h.check_output(f"journalctl --quiet --no-pager --identifier=orthanc _PID={pid} --output=cat")
+    assert "Orthanc has started" in started, started
+
+
+def test_unknown_calling_ae_refusal_is_in_the_journal_with_the_callers_ae_and_address():
+    cursor = journal_cursor("pacs-id-pacs")
+    res = associate("pacs-id-unknown", "pacs-id-pacs", UNKNOWN_AET, expect_reason="calling-ae-not-recognized")
+    assert reject(res) == CALLING_AE_NOT_RECOGNIZED, res
+    line = f"Rejected association for remote AET {UNKNOWN_AET} on IP {UNKNOWN_ADDRESS}"
+    messages = journaled("pacs-id-pacs", cursor, line)
+    assert [m for m in messages if m.endswith(line)], messages
+
+
+def test_registered_ae_from_another_address_is_in_the_journal_with_the_impostors_address():
+    cursor = journal_cursor("pacs-id-pacs")
+    res = associate("pacs-id-impostor", "pacs-id-pacs", MODALITY_AET, expect_reason="calling-ae-not-recognized")
+    assert reject(res) == CALLING_AE_NOT_RECOGNIZED, res
+    line = f"Rejected association for remote AET {MODALITY_AET} on IP {IMPOSTOR_ADDRESS}"
+    messages = journaled("pacs-id-pacs", cursor, line)
+    assert [m for m in messages if m.endswith(line)], messages
+    # Orthanc says why: the AE title is registered for another address.
+    assert [m for m in messages if f'AET "{MODALITY_AET}" given its hostname ({IMPOSTOR_ADDRESS}) does not match' in m], \
+        messages
+
+
+def test_wrong_called_ae_refusal_is_in_the_journal_without_the_caller():
+    # Orthanc names only the called AE here: the journal check cannot tie this line to a
+    # source, and verify.yml looks up the calling-AE refusal instead.
+    cursor = journal_cursor("pacs-id-pacs")
+    res = associate("pacs-id-modality", "pacs-id-pacs", MODALITY_AET, called="NOTTHEPACS",
+                    expect_reason="called-ae-not-recognized")
+    assert reject(res) == CALLED_AE_NOT_RECOGNIZED, res
+    line = "Rejected association, because of a bad called AET in the request (NOTTHEPACS)"
+    messages = journaled("pacs-id-pacs", cursor, line)
+    assert [m for m in messages if m.endswith(line)], messages
+    assert not [m for m in messages if MODALITY_ADDRESS in m], messages
+
+
+def test_accepted_association_leaves_no_refusal_in_the_journal():
+    cursor = journal_cursor("pacs-id-pacs")
+    res = associate("pacs-id-modality", "pacs-id-pacs", MODALITY_AET, expect="accepted")
+    assert res["outcome"] == "accepted", res
+    # A refusal after it proves Orthanc's log was reaching the journal all along.
+    associate("pacs-id-unknown", "pacs-id-pacs", UNKNOWN_AET, expect="rejected")
+    messages = journaled("pacs-id-pacs", cursor, f"for remote AET {UNKNOWN_AET} on IP {UNKNOWN_ADDRESS}")
+    assert [m for m in messages if m.endswith(f"on IP {UNKNOWN_ADDRESS}")], messages
+    assert not [m for m in messages if MODALITY_ADDRESS in m or MODALITY_AET in m], messages
+
+
 # --- Per-modality services from the inventory -------------------------------------------
 
 def test_modality_allowed_to_store_can_store():
@@ -172,9 +258,10 @@ def test_plaintext_association_to_the_tls_pacs_is_refused():
 
 
 # A TLS 1.3 server checks the client certificate after the handshake: its alert
-# and the reset that follows race, and the module reports whichever it met first.
+# and the reset that follows race, and the module reports whichever it met first
+# (a reset after a certificate request that got none is named as such).
 CERTIFICATE_REFUSED = ("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE", "UNKNOWN_CA", "BAD_CERTIFICATE",
-                       "refused the client certificate")
+                       "refused the client certificate", "asked for a client certificate")
 
 
 def test_tls_without_a_client_certificate_is_refused_at_the_tls_layer():
