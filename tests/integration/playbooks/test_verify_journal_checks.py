@@ -11,6 +11,7 @@ written one there is no record.
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from dicom_lab import LOOPBACK, free_port
@@ -83,3 +84,27 @@ def test_gateway_that_refused_the_association_is_looked_up_under_its_tag(pki, se
     gateway = records[GATEWAY]
     assert gateway["request"]["journal"] == "the journal under the identifier dicom_gate", gateway
     assert gateway["verdict"] in ("fail", "inconclusive"), gateway
+
+
+def silent_port():
+    """A port whose connections the kernel completes and nobody answers: a probe there times out."""
+    listener = socket.create_server((LOOPBACK, 0), backlog=16)
+    return listener, listener.getsockname()[1]
+
+
+def test_silence_behind_a_rejecting_firewall_is_not_looked_up_in_the_pacs_journal(pki, tmp_path):
+    # A firewall that rejects answers with a reset: silence means the attempt was stopped
+    # before the PACS (a router's filter, no route), so the PACS's journal has nothing.
+    listener, port = silent_port()
+    with listener:
+        _rc, out, _tasks = run(tmp_path, port, probe(pki, "wrong_segment"), {"nftables_whitelist_refused_action": "reject"})
+    assert journal_records(tmp_path) == [], out
+
+
+def test_silence_behind_a_dropping_firewall_is_looked_up_in_the_pacs_journal(pki, tmp_path):
+    # The twin: where the firewall drops, silence is its refusal, and its log is looked up.
+    listener, port = silent_port()
+    with listener:
+        _rc, out, _tasks = run(tmp_path, port, probe(pki, "wrong_segment"), {"nftables_whitelist_refused_action": "drop"})
+    [journal] = journal_records(tmp_path)
+    assert journal["target"] == PACS and "(timeout)" in journal["request"]["attempt"], journal
