@@ -449,6 +449,8 @@ def _new_result(req):
         # Whether the TCP connection was made: a timeout without it is a host that never
         # answered, one with it a server that did not answer in time.
         "connected": False,
+        # The local address of the connection, once made: what the server's logs record.
+        "source_address": None,
         # "reset" or "closed" when the connection ended before any whole answer PDU: what
         # an overloaded server produces as readily as a refusing one.
         "no_answer": None,
@@ -568,6 +570,11 @@ class Probe:
         except OSError as exc:
             return self._connect_failed(exc)
         self.result["connected"] = True
+        try:
+            # The address the server saw: on a host with several, the route chose it.
+            self.result["source_address"] = sock.getsockname()[0]
+        except OSError:
+            pass
         return sock
 
     async def _connect(self, sock=None):

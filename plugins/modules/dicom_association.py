@@ -314,6 +314,13 @@ operation:
       description: Extra facts, for example why the result is what it is; null when there are none.
       type: str
   sample: {name: C-ECHO, result: success, succeeded: true, status: 0, status_category: success, detail: null}
+source_address:
+  description:
+    - The local address the TCP connection was made from, as the server's logs record it; on a host with several
+      addresses the route chooses it. Null when no connection was made.
+  returned: always
+  type: str
+  sample: 198.18.10.75
 latency_ms:
   description: Milliseconds from the start of the TCP connect to the server's answer to the A-ASSOCIATE-RQ.
   returned: always
@@ -354,6 +361,7 @@ RESULT_KEYS = (
     "identity_response",
     "tls",
     "operation",
+    "source_address",
     "latency_ms",
     "elapsed_ms",
     "released",
