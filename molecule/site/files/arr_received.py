@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Print the DICOM audit messages the lab's audit record repository received since a time.
 
 Each line of the repository's file is one syslog message as JSON (rsyslog's jsonf

@@ -257,7 +257,6 @@ def test_a_close_after_the_handshake_is_not_blamed_on_a_certificate_that_was_sen
     assert "none was sent" not in result.get("detail", ""), result
 
 
-
 def test_tls_client_with_an_untrusted_certificate_is_closed(gateway):
     assert_closed(probe(gateway, "tls", calling="CTTLS", identity=passcode(), tls=gateway.pki.client_tls("intruder")))
 
