@@ -166,22 +166,24 @@ def test_orthanc_runs_without_logdir_and_logs_under_its_identifier(pacs):
     assert "Orthanc has started" in started, started
 
 
-def test_unknown_calling_ae_refusal_is_in_the_journal_with_the_callers_ae_and_address():
+def refused_into_the_journal(client, calling_ae, address):
+    """Associate from client as calling_ae, expect 1/1/3, and return the PACS's journal messages
+    since, after checking that Orthanc's refusal line names calling_ae and address."""
     cursor = journal_cursor("pacs-id-pacs")
-    res = associate("pacs-id-unknown", "pacs-id-pacs", UNKNOWN_AET, expect_reason="calling-ae-not-recognized")
+    res = associate(client, "pacs-id-pacs", calling_ae, expect_reason="calling-ae-not-recognized")
     assert reject(res) == CALLING_AE_NOT_RECOGNIZED, res
-    line = f"Rejected association for remote AET {UNKNOWN_AET} on IP {UNKNOWN_ADDRESS}"
+    line = f"Rejected association for remote AET {calling_ae} on IP {address}"
     messages = journaled("pacs-id-pacs", cursor, line)
     assert [m for m in messages if m.endswith(line)], messages
+    return messages
+
+
+def test_unknown_calling_ae_refusal_is_in_the_journal_with_the_callers_ae_and_address():
+    refused_into_the_journal("pacs-id-unknown", UNKNOWN_AET, UNKNOWN_ADDRESS)
 
 
 def test_registered_ae_from_another_address_is_in_the_journal_with_the_impostors_address():
-    cursor = journal_cursor("pacs-id-pacs")
-    res = associate("pacs-id-impostor", "pacs-id-pacs", MODALITY_AET, expect_reason="calling-ae-not-recognized")
-    assert reject(res) == CALLING_AE_NOT_RECOGNIZED, res
-    line = f"Rejected association for remote AET {MODALITY_AET} on IP {IMPOSTOR_ADDRESS}"
-    messages = journaled("pacs-id-pacs", cursor, line)
-    assert [m for m in messages if m.endswith(line)], messages
+    messages = refused_into_the_journal("pacs-id-impostor", MODALITY_AET, IMPOSTOR_ADDRESS)
     # Orthanc says why: the AE title is registered for another address.
     assert [m for m in messages if f'AET "{MODALITY_AET}" given its hostname ({IMPOSTOR_ADDRESS}) does not match' in m], \
         messages
