@@ -55,6 +55,16 @@ def tcp(src, address, port, timeout=3):
     return host(src).check_output("python3 -c %s %s %s", code, address, str(port)).strip()
 
 
+def cursor(name):
+    """Where strongswan.service's journal ends now, to read only what comes after."""
+    out = host(name).check_output("journalctl --unit strongswan --lines 0 --show-cursor --no-pager")
+    return re.search(r"-- cursor: (\S+)", out).group(1)
+
+
+def journal_since(name, mark):
+    return host(name).check_output(f"journalctl --unit strongswan --after-cursor '{mark}' --no-pager --output cat")
+
+
 def interface_of(name, address):
     out = host(name).check_output(f"ip -o -4 addr show to {address}")
     return out.split()[1]
@@ -173,12 +183,19 @@ def test_ike_from_anyone_but_the_peer_is_dropped_at_the_cloud_gateway():
     assert "ESTABLISHED" in host("st-cloud-gw").check_output(f"swanctl --list-sas --ike {TUNNEL}")
 
 
-def test_site_lan_has_no_clear_path_to_the_pacs_while_the_tunnel_is_down():
+def test_tunnel_down_is_in_both_journals_and_leaves_the_site_lan_no_clear_path_to_the_pacs():
     gw = host("st-site-gw")
     assert store_accepted()
+    marks = {name: cursor(name) for name in ("st-site-gw", "st-cloud-gw")}
     gw.check_output("systemctl stop strongswan")
     try:
         assert wait_for(lambda: "ipsec0" not in gw.check_output("ip route show table 220"), 20) is not None
+        # The tunnel going down is in both gateways' journals (charon-systemd, strongswan.service):
+        # the stopping end deletes the IKE_SA, the other end is told so.
+        down = f"deleting IKE_SA {TUNNEL}["
+        assert wait_for(lambda: down in journal_since("st-site-gw", marks["st-site-gw"]), 10) is not None
+        told = f"received DELETE for IKE_SA {TUNNEL}["
+        assert wait_for(lambda: told in journal_since("st-cloud-gw", marks["st-cloud-gw"]), 10) is not None
         # The gateways still have their clear route over the WAN: the guard and the
         # cloud gateway's firewall are what stop the association.
         assert CLOUD_GW_WAN in gw.check_output(f"ip route show {S['scenario_cloud_net']}")
@@ -188,8 +205,12 @@ def test_site_lan_has_no_clear_path_to_the_pacs_while_the_tunnel_is_down():
         assert not [ln for ln in wan.packets() if f".{PORT}" in ln or "Flags [" in ln]
         assert PATIENT not in wan.raw()
     finally:
+        marks["st-site-gw"] = cursor("st-site-gw")
         gw.check_output("systemctl start strongswan")
     assert wait_for(store_accepted, RECOVERY_LIMIT) is not None
+    # And coming back up: the CHILD_SA between the two sites' subnets, established.
+    up = re.compile(rf"CHILD_SA {re.escape(TUNNEL)}{{\d+}} established with SPIs .* and TS {re.escape(S['scenario_site_lan'])} === ")
+    assert up.search(journal_since("st-site-gw", marks["st-site-gw"]))
 
 
 # --- recovery ------------------------------------------------------------------------------
