@@ -32,6 +32,7 @@ SECRETS = f"/etc/swanctl/conf.d/dicomsec-{TUNNEL}.secrets.conf"
 PATIENT = b"DICOMSEC^PROBE"
 RECOVERY_LIMIT = 60.0
 RECOVERY_FILE = pathlib.Path(EPHEMERAL) / "recovery-times.txt"
+GATEWAYS = ("st-site-gw", "st-cloud-gw")
 
 
 def host(name):
@@ -63,6 +64,10 @@ def cursor(name):
 
 def journal_since(name, mark):
     return host(name).check_output(f"journalctl --unit strongswan --after-cursor '{mark}' --no-pager --output cat")
+
+
+def cursors():
+    return {gw: cursor(gw) for gw in GATEWAYS}
 
 
 def interface_of(name, address):
@@ -186,7 +191,7 @@ def test_ike_from_anyone_but_the_peer_is_dropped_at_the_cloud_gateway():
 def test_tunnel_down_is_in_both_journals_and_leaves_the_site_lan_no_clear_path_to_the_pacs():
     gw = host("st-site-gw")
     assert store_accepted()
-    marks = {name: cursor(name) for name in ("st-site-gw", "st-cloud-gw")}
+    marks = cursors()
     gw.check_output("systemctl stop strongswan")
     try:
         assert wait_for(lambda: "ipsec0" not in gw.check_output("ip route show table 220"), 20) is not None
