@@ -32,8 +32,12 @@ def test_audit_fails_after_writing_the_reports_where_the_pacs_lets_any_ae_title_
     assert found["authorized"]["verdict"] == "pass"
     assert junit.find("./testsuite[@name='default.any_ae']/testcase/failure") is not None
     assert page.index('data-control="any_ae"') < page.index('data-control="authorized"')
-    # The text report per position is still written beside them.
-    assert "any_ae" in (reports_dir(tmp_path) / "lab-modality.txt").read_text()
+    # The text report per position is still written beside them, its first line counted from
+    # the same records.
+    text = (reports_dir(tmp_path) / "lab-modality.txt").read_text()
+    assert "any_ae" in text
+    assert text.splitlines()[0].endswith("1 endpoints, 2 checks: 1 passed, 1 failed (1 high / 0 medium), 0 inconclusive; "
+                                         "failing at or above high: lab-pacs: any_ae"), text
 
 
 def test_audit_passes_and_reports_every_finding_where_the_calling_ae_whitelist_holds(servers, tmp_path):
@@ -44,6 +48,8 @@ def test_audit_passes_and_reports_every_finding_where_the_calling_ae_whitelist_h
     document, junit, _page = load_reports(tmp_path, "audit")
     assert {c: r["verdict"] for c, r in findings(document).items()} == {"any_ae": "pass", "authorized": "pass"}
     assert document["summary"]["failed"] == 0 and junit.get("failures") == "0"
+    first = (reports_dir(tmp_path) / "lab-modality.txt").read_text().splitlines()[0]
+    assert first.endswith("1 endpoints, 2 checks: 2 passed, 0 failed (0 high / 0 medium), 0 inconclusive"), first
 
 
 def test_audit_below_fail_on_reports_the_failed_finding_without_failing_the_run(servers, tmp_path):
