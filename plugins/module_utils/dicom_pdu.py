@@ -671,6 +671,29 @@ class MessageReader:
         return counts
 
 
+def whole_command(context_id, value):
+    """Read a PDV that is by itself a whole DIMSE response without a data set (the last
+    command fragment, announcing no data set): return (command field, responded-to id,
+    status, False, sub-operation counts), or None when the message needs more than this PDV.
+    Raises ProtocolError as MessageReader does."""
+    if not value or value[0] & 0x03 != 0x03:
+        return None
+    known = _whole_command(context_id, bytes(value))
+    if known is None:
+        return None
+    return known[:4] + (dict(known[4]),)
+
+
+# Servers answer the same operation with the same bytes (a C-ECHO-RSP differs from server to
+# server, not from association to association): an audit decodes each distinct answer once.
+@functools.lru_cache(maxsize=256)
+def _whole_command(context_id, value):
+    reader = MessageReader()
+    if not reader.feed(context_id, value):
+        return None
+    return reader.command() + (tuple(reader.suboperations().items()),)
+
+
 def status_category(status):
     """Name a DIMSE status (PS3.7 Annex C)."""
     if status is None:

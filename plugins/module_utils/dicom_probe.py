@@ -881,8 +881,16 @@ class Probe:
         """Read one whole DIMSE response; return (command field, responded-to id, status,
         has data, sub-operation counts)."""
         reader = pdu.MessageReader()
+        first = True
         while True:
-            for context_id, value in await self._next_pdvs(stream):
+            pdvs = await self._next_pdvs(stream)
+            if first and len(pdvs) == 1:
+                # Most answers are one PDU holding one whole command: decoded once per run.
+                whole = pdu.whole_command(*pdvs[0])
+                if whole is not None:
+                    return whole
+            first = False
+            for context_id, value in pdvs:
                 if reader.feed(context_id, value):
                     return reader.command() + (reader.suboperations(),)
 

@@ -369,3 +369,50 @@ def test_mutated_retrieve_responses_decode_or_raise_protocol_error_only(field, s
             dummy_command, counts = read
             assert set(counts) == {"remaining", "completed", "failed", "warning"}
             assert all(value is None or isinstance(value, int) for value in counts.values())
+
+
+def test_a_whole_command_pdv_reads_as_the_message_reader_reads_it_and_each_answer_is_its_own():
+    (context_id, value), = pdu.decode_pdata(_response(0x8030, 0xC000))
+    reader = pdu.MessageReader()
+    assert reader.feed(context_id, value)
+    fresh = reader.command() + (reader.suboperations(),)
+    first = pdu.whole_command(context_id, value)
+    assert first == fresh == (0x8030, 1, 0xC000, False, fresh[4])
+    # Decoded once: a caller that changes its answer does not change the next caller's.
+    first[4]["completed"] = 99
+    assert pdu.whole_command(context_id, value) == fresh
+
+
+def test_a_command_that_announces_a_data_set_is_not_a_whole_command():
+    from pydicom.dataset import Dataset
+
+    identifier = Dataset()
+    identifier.StudyInstanceUID = "1.2.3"
+    data = _response(0x8020, 0xFF00, data_set=identifier, context_id=3)
+    items, offset = [], 0
+    while offset + 6 <= len(data):
+        length = struct.unpack(">I", data[offset + 2:offset + 6])[0]
+        items += pdu.decode_pdata(data[offset:offset + 6 + length])
+        offset += 6 + length
+    command = [(cid, value) for cid, value in items if value[0] & 0x01]
+    assert command and pdu.whole_command(*command[0]) is None
+    # A data fragment, or a command fragment that is not the last, is not one either.
+    assert pdu.whole_command(3, b"\x02abc") is None and pdu.whole_command(3, b"\x01abc") is None
+
+
+def test_a_malformed_whole_command_raises_protocol_error_every_time():
+    (context_id, value), = pdu.decode_pdata(_response(0x8030, 0x0000))
+    broken = value[:1] + b"\xff" * (len(value) - 1)
+    for _attempt in range(2):
+        with pytest.raises(pdu.ProtocolError):
+            pdu.whole_command(context_id, broken)
+
+
+def test_mutated_whole_commands_decode_or_raise_protocol_error_only():
+    rng = random.Random(13)
+    for data in _mutations(_response(0x8030, 0x0000), 2000, rng):
+        try:
+            for context_id, value in pdu.decode_pdata(data):
+                pdu.whole_command(context_id, value)
+        except pdu.ProtocolError:
+            continue
