@@ -42,6 +42,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -222,14 +223,25 @@ table inet dicomsec_estate {
 # ---------------------------------------------------------------------------------------
 
 
-def serve(spec_path):
-    """Every endpoint but the Orthanc: asyncio responders per address, pynetdicom SCPs on theirs."""
-    from dicom_audit_vs_nmap import Responder
-    from lab_servers import ScpPolicy, start_scp
+def serve(spec_path, part):
+    """Every endpoint but the Orthanc, in two processes: ``part`` ``asyncio`` serves the
+    asyncio responders, ``pynetdicom`` the pynetdicom SCPs.
 
+    The SCPs have a process of their own, as real servers do: pynetdicom polls each
+    association's socket with select(), which cannot take a descriptor above 1023, and in one
+    process with the responders' sockets every SCP association got one and was closed unanswered.
+    """
     spec = json.loads(Path(spec_path).read_text())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if part == "pynetdicom":
+        serve_scps(spec)
+    else:
+        serve_responders(spec)
+
+
+def serve_scps(spec):
+    from lab_servers import ScpPolicy, start_scp
     from pynetdicom.transport import AssociationServer
 
     AssociationServer.request_queue_size = 512
@@ -238,6 +250,18 @@ def serve(spec_path):
         if kind.startswith("pynetdicom"):
             policy = ScpPolicy.CALLING_WHITELIST if kind.endswith("whitelist") else ScpPolicy.OPEN
             scps.append(start_scp(policy, host=address, port=PORT, ae_title=CALLED_AE, studies=()))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("ready", flush=True)
+    try:
+        stop.wait()
+    finally:
+        for scp in scps:
+            scp.shutdown()
+
+
+def serve_responders(spec):
+    from dicom_audit_vs_nmap import Responder
 
     class IdentityResponder(Responder):
         """Accepts only an association that carries the valid type 2 identity (else 1/2/1)."""
@@ -267,11 +291,7 @@ def serve(spec_path):
         for server in servers:
             server.close()
 
-    try:
-        asyncio.run(main())
-    finally:
-        for scp in scps:
-            scp.shutdown()
+    asyncio.run(main())
 
 
 def _has_valid_identity(pdu):
@@ -327,6 +347,65 @@ def wait_listening(namespace, address, port, timeout=60):
 # ---------------------------------------------------------------------------------------
 
 
+def process_cpu(pids):
+    """CPU seconds used so far by the processes ``pids`` and their threads (from /proc)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / hz
+
+
+class CpuMeter:
+    """Where one scanner's wall time went: the scanner's own CPU seconds (this process's
+    children), the simulated estate's (its servers, the Orthanc and the delay lines: work that
+    real endpoints and a real network do on other machines), and the share of the machine's
+    cores that was busy."""
+
+    def __init__(self, estate_parts):
+        # {part: callable returning its processes' pids}
+        self.estate_parts = estate_parts
+
+    def read(self):
+        children = os.times()
+        cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        return {"scanner": children.children_user + children.children_system,
+                "estate": {part: process_cpu(pids()) for part, pids in self.estate_parts.items()},
+                "busy": (sum(cpu) - cpu[3] - cpu[4]) / hz, "all": sum(cpu) / hz}
+
+    def measure(self, run):
+        before = self.read()
+        value = run()
+        after = self.read()
+        parts = {part: after["estate"][part] - before["estate"][part] for part in self.estate_parts}
+        return value, {"scanner_cpu_s": after["scanner"] - before["scanner"],
+                       "estate_cpu_s": sum(parts.values()), "estate_parts_cpu_s": parts,
+                       "machine_busy_share": (after["busy"] - before["busy"]) / max(after["all"] - before["all"], 1e-9)}
+
+
+def tree_pids(root_pid):
+    """``root_pid`` and every process below it."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
 def run_nmap(endpoints, work):
     targets = work / "targets.txt"
     targets.write_text("\n".join(a for a, _kind in endpoints) + "\n")
@@ -359,6 +438,7 @@ from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_au
 config = json.loads(open(sys.argv[2]).read())
 reports, summary = dicom_audit.audit(config)
 out = {r["host"]: {"findings": {f["id"]: f.get("verdict", "pass" if f["passed"] else "fail") for f in r["findings"]},
+                   "inconclusive": {f["id"]: f.get("evidence", "") for f in r["findings"] if f.get("verdict") == "inconclusive"},
                    "skipped": [s["id"] for s in r["skipped"]], "associations": r["associations"]} for r in reports}
 print(json.dumps({"summary": summary, "endpoints": out, "process_s": time.perf_counter() - start}))
 """
@@ -462,6 +542,15 @@ def inconclusive_by_kind(endpoints, audit):
     return counts
 
 
+def inconclusive_evidence(endpoints, audit):
+    """One example of what the audit saw, for each kind and check it could not tell."""
+    examples = {}
+    for address, kind in endpoints:
+        for check, evidence in audit["endpoints"].get(address, {}).get("inconclusive", {}).items():
+            examples.setdefault("%s/%s" % (kind, check), "%s: %s" % (address, evidence))
+    return examples
+
+
 # ---------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------
@@ -476,7 +565,7 @@ def run(args):
     work = Path(tempfile.mkdtemp(prefix="dicom-estate-"))
     work.chmod(0o755)
     tag = "%d" % (os.getpid() % 100000)
-    servers = None
+    servers = []
     orthanc = orthanc_log = None
     results = []
     try:
@@ -488,33 +577,42 @@ def run(args):
             firewall(estate, endpoints)
             spec = work / "spec.json"
             spec.write_text(json.dumps({"endpoints": [e for e in endpoints if e[1] != "orthanc"]}))
-            servers = estate.popen([sys.executable, __file__, "--serve", str(spec)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-            if servers.stdout.readline().strip() != "ready":
-                raise RuntimeError("the endpoints did not start: %s" % servers.stderr.read()[-2000:])
+            for part in ("asyncio", "pynetdicom"):
+                proc = estate.popen([sys.executable, __file__, "--serve", str(spec), "--serve-part", part],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                servers.append(proc)
+                if proc.stdout.readline().strip() != "ready":
+                    raise RuntimeError("the %s endpoints did not start: %s" % (part, proc.stderr.read()[-2000:]))
             orthanc, orthanc_log = start_orthanc(pacs_ns, work)
             wait_listening(pacs_ns, "0.0.0.0", PORT)
             counts = {kind: sum(1 for _a, k in endpoints if k == kind) for kind in KINDS}
             print("estate: %d endpoints (%s), round trip %d ms, port %d"
                   % (len(endpoints), ", ".join("%d %s" % (n, k) for k, n in counts.items()), args.rtt_ms, PORT))
+            meter = CpuMeter({
+                "responders": lambda: tree_pids(servers[0].pid), "pynetdicom SCPs": lambda: tree_pids(servers[1].pid),
+                "Orthanc": lambda: tree_pids(orthanc.pid),
+                "delay lines": lambda: tree_pids(estate.line.pid) + tree_pids(pacs_ns.line.pid)})
             for index in range(args.rounds):
                 nmap_first = index % 2 == 0
                 order = ("nmap", "audit") if nmap_first else ("audit", "nmap")
                 row = {}
                 for scanner in order:
                     if scanner == "nmap":
-                        row["nmap_wall"], row["nmap_verdicts"] = run_nmap(endpoints, work)
+                        (row["nmap_wall"], row["nmap_verdicts"]), row["nmap_cpu"] = meter.measure(
+                            lambda: run_nmap(endpoints, work))
                     else:
-                        row["audit_wall"], row["audit"] = run_audit(endpoints, args, work)
+                        (row["audit_wall"], row["audit"]), row["audit_cpu"] = meter.measure(
+                            lambda: run_audit(endpoints, args, work))
                 results.append(row)
                 report_round(index, row, endpoints)
     finally:
-        if servers is not None and servers.poll() is None:
-            servers.send_signal(signal.SIGTERM)
-            try:
-                servers.wait(20)
-            except subprocess.TimeoutExpired:
-                servers.kill()
+        for proc in servers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if orthanc is not None:
             orthanc.kill()
             orthanc.wait(10)
@@ -541,8 +639,16 @@ def report_round(index, row, endpoints):
     print("verdicts against the truth: %d right, %d wrong, %d false passes; %d inconclusive%s"
           % (verdicts["right"], verdicts["wrong"], verdicts["false_pass"], verdicts["inconclusive"],
              " (%s)" % ", ".join("%d on %s" % (n, k) for k, n in by_kind.items()) if by_kind else ""))
+    for key, example in inconclusive_evidence(endpoints, audit).items():
+        print("   inconclusive %s, e.g. %s" % (key, example))
     for wrong in verdicts["wrong_rows"]:
         print("   wrong: %s (%s) %s: expected %s, got %s" % wrong)
+    for name in ("nmap", "audit"):
+        cpu = row[name + "_cpu"]
+        print("  %-5s CPU: scanner %.2f s, simulated estate %.2f s (%s); machine busy %.0f%% of %d cores"
+              % (name, cpu["scanner_cpu_s"], cpu["estate_cpu_s"],
+                 ", ".join("%s %.2f" % kv for kv in cpu["estate_parts_cpu_s"].items()),
+                 100 * cpu["machine_busy_share"], os.cpu_count()))
     print("wall time ratio dicom_audit/nmap: %.2f (goal: at most 1.00 with every verdict right and no false pass)"
           % (row["audit_wall"] / row["nmap_wall"]))
 
@@ -550,6 +656,7 @@ def report_round(index, row, endpoints):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-part", choices=("asyncio", "pynetdicom"), help=argparse.SUPPRESS)
     parser.add_argument("--delay-line", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--rtt-ms", type=int, default=20)
@@ -561,7 +668,7 @@ def main():
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.serve_part)
         return
     if args.delay_line:
         host_if, ns_if, namespace, delay_ms = args.delay_line
@@ -576,6 +683,7 @@ def main():
               % (len(results), statistics.median(ratios), ", ".join("%.2f" % r for r in ratios)))
     if args.json:
         print(json.dumps([{"nmap_wall": r["nmap_wall"], "audit_wall": r["audit_wall"],
+                           "nmap_cpu": r["nmap_cpu"], "audit_cpu": r["audit_cpu"],
                            "summary": r["audit"]["summary"], "judged": judge(endpoints, r["audit"])}
                           for r in results], indent=2))
 

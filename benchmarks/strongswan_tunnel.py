@@ -26,7 +26,17 @@ around every transfer, the CPU seconds per MB of the processes that carry it (ch
 gateway and Orthanc, from /proc of their host PIDs; the client, from this process's children) and
 the share of the machine's CPU that was busy: a CPU-bound run shows it.
 
-Usage: python benchmarks/strongswan_tunnel.py [--instances 100] [--size-kb 512] [--rounds 3] [--destroy] [--json]
+Each round runs the three under every placement asked for (``--placement``, by default both):
+
+  shared         every lab host and the benchmark's own processes on all of the machine's cores;
+  gateway-cores  the two gateways (both charons) on core 0, the modality, the PACS and the
+                 benchmark's processes (storescu, the bulk source and sink) on the other cores,
+                 as in a site where the IPsec gateways are hosts of their own: the endpoints'
+                 CPU no longer competes with the encryption, and both transfers still share
+                 one tunnel whose capacity the gateways' core bounds.
+
+Usage: python benchmarks/strongswan_tunnel.py [--instances 100] [--size-kb 512] [--rounds 3]
+       [--placement shared,gateway-cores] [--destroy] [--json]
 Needs: Docker with the lab image, dcmtk (storescu), nsenter; run as root.
 """
 
@@ -149,6 +159,25 @@ def ensure_lab():
     return True
 
 
+PLACEMENTS = ("shared", "gateway-cores")
+GATEWAYS = ("st-site-gw", "st-cloud-gw")
+ENDPOINTS = ("st-modality", "st-pacs")
+
+
+def place(placement):
+    """Pin the lab hosts (docker's cpuset) and this process with its children to ``placement``."""
+    ncpu = os.cpu_count() or 1
+    everything = "0-%d" % (ncpu - 1)
+    if placement == "gateway-cores":
+        gateway_cpus, endpoint_cpus = "0", "1-%d" % (ncpu - 1)
+    else:
+        gateway_cpus = endpoint_cpus = everything
+    for names, cpus in ((GATEWAYS, gateway_cpus), (ENDPOINTS, endpoint_cpus)):
+        subprocess.run(["docker", "update", "--cpuset-cpus", cpus, *names], check=True, stdout=subprocess.DEVNULL)
+    first, last = (int(v) for v in (endpoint_cpus.split("-") + [endpoint_cpus])[:2])
+    os.sched_setaffinity(0, range(first, last + 1))
+
+
 def tunnel_up():
     out = subprocess.run(["docker", "exec", "st-site-gw", "swanctl", "--list-sas", "--ike", S["scenario_tunnel"]],
                          capture_output=True, text=True, check=False).stdout
@@ -193,16 +222,24 @@ def main():
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--size-kb", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--placement", default=",".join(PLACEMENTS),
+                        help="comma-separated: %s (default: both, side by side in each round)" % ", ".join(PLACEMENTS))
     parser.add_argument("--destroy", action="store_true", help="remove the lab hosts afterwards")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    placements = [p for p in args.placement.split(",") if p]
+    if not placements or any(p not in PLACEMENTS for p in placements):
+        sys.exit("--placement takes %s" % ", ".join(PLACEMENTS))
+    if "gateway-cores" in placements and (os.cpu_count() or 1) < 2:
+        sys.exit("--placement gateway-cores needs at least two cores")
     if os.geteuid() != 0 or not shutil.which("nsenter") or not os.path.exists(STORESCU):
         sys.exit("needs root, nsenter and DCMTK's storescu")
 
     created = ensure_lab()
     work = Path(tempfile.mkdtemp(prefix="strongswan-tunnel-bench-"))
-    figures = {"cstore_tunnel": [], "tcp_tunnel": [], "tcp_clear": []}
-    cpu = {name: [] for name in figures}
+    transfers = ("cstore_tunnel", "tcp_tunnel", "tcp_clear")
+    figures = {p: {name: [] for name in transfers} for p in placements}
+    cpu = {p: {name: [] for name in transfers} for p in placements}
     try:
         deadline = time.monotonic() + 60
         while not tunnel_up():
@@ -223,20 +260,25 @@ def main():
         # every C-STORE pays once: storescu waits for each response before the next instance.
         rtt = rtt_ms("st-modality", S["scenario_pacs"], S["scenario_rest_port"])
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            line = []
-            for name in order:
-                before = cpu_ticks()
-                value = runs[name]()
-                after = cpu_ticks()
-                figures[name].append(value)
-                mb = nbytes / 1e6
-                cpu[name].append({k: (after[k] - before[k]) / mb for k in after if not k.startswith("machine")}
-                                 | {"machine_busy_share": (after["machine_busy"] - before["machine_busy"])
-                                    / max(after["machine_all"] - before["machine_all"], 1e-9)})
-                line.append("%s %.1f MB/s" % (name, value))
-            print("round %d: %s" % (r + 1, ", ".join(line)), flush=True)
+            for placement in placements:
+                place(placement)
+                order = names[r % len(names):] + names[:r % len(names)]
+                line = []
+                for name in order:
+                    before = cpu_ticks()
+                    value = runs[name]()
+                    after = cpu_ticks()
+                    figures[placement][name].append(value)
+                    mb = nbytes / 1e6
+                    cpu[placement][name].append(
+                        {k: (after[k] - before[k]) / mb for k in after if not k.startswith("machine")}
+                        | {"machine_busy_share": (after["machine_busy"] - before["machine_busy"])
+                           / max(after["machine_all"] - before["machine_all"], 1e-9)})
+                    line.append("%s %.1f MB/s" % (name, value))
+                print("round %d, %s: %s" % (r + 1, placement, ", ".join(line)), flush=True)
     finally:
+        if any(docker_pid(h) for h in HOSTS):
+            place("shared")
         shutil.rmtree(work, ignore_errors=True)
         if args.destroy or created:
             if args.destroy:
@@ -245,37 +287,48 @@ def main():
                 subprocess.run(["molecule", "destroy", "-s", "strongswan_tunnel"], cwd=REPO, env=env, check=False,
                                stdout=subprocess.DEVNULL)
 
-    med = {k: statistics.median(v) for k, v in figures.items()}
     result = {
         "conditions": {"instances": args.instances, "size_kb": args.size_kb, "rounds": args.rounds,
-                       "backend": "libipsec (userspace ESP, ESP in UDP 4500)", "proposal": "aes256gcm16"},
+                       "backend": "libipsec (userspace ESP, ESP in UDP 4500)", "proposal": "aes256gcm16",
+                       "cores": os.cpu_count()},
+        "rtt_tunnel_ms": rtt,
+        "placements": {p: summarise(figures[p], cpu[p], rtt, args.instances, nbytes) for p in placements},
+    }
+    result["goal_met"] = {p: r["goal_met"] for p, r in result["placements"].items()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print("round trip through the tunnel %.2f ms" % rtt)
+    for placement, res in result["placements"].items():
+        med = res["median_mb_per_s"]
+        print("\n%s: medians C-STORE through the tunnel %.1f MB/s, bulk TCP through the tunnel %.1f MB/s, "
+              "bulk TCP in the clear %.1f MB/s" % (placement, med["cstore_tunnel"], med["tcp_tunnel"], med["tcp_clear"]))
+        verdict = "met" if res["goal_met"] else "NOT met"
+        print("  C-STORE / tunnel TCP: %.2f (goal >= %.2f: %s)" % (res["cstore_tunnel_over_tcp_tunnel"], GOAL, verdict))
+        print("  tunnel TCP / clear TCP: %.3f; C-STORE / clear TCP: %.3f"
+              % (res["tcp_tunnel_over_tcp_clear"], res["cstore_tunnel_over_tcp_clear"]))
+        print("  %d response waits are %.0f%% of the C-STORE's time" % (args.instances, 100 * res["rtt_share_of_cstore"]))
+        for name, row in res["cpu_s_per_mb"].items():
+            print("  CPU s/MB %-13s " % name + ", ".join("%s %.4f" % (k, v) for k, v in row.items() if k != "machine_busy_share")
+                  + "; machine busy %.0f%% of %d cores" % (100 * row["machine_busy_share"], os.cpu_count()))
+
+
+def summarise(figures, cpu, rtt, instances, nbytes):
+    """Medians, ratios and CPU per MB of one placement's rounds."""
+    med = {k: statistics.median(v) for k, v in figures.items()}
+    res = {
         "figures_mb_per_s": figures,
         "median_mb_per_s": med,
         "cstore_tunnel_over_tcp_tunnel": med["cstore_tunnel"] / med["tcp_tunnel"],
         "tcp_tunnel_over_tcp_clear": med["tcp_tunnel"] / med["tcp_clear"],
         "cstore_tunnel_over_tcp_clear": med["cstore_tunnel"] / med["tcp_clear"],
-        "rtt_tunnel_ms": rtt,
         # CPU seconds per MB moved, per process (medians over rounds), and the machine's busy share.
         "cpu_s_per_mb": {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in cpu.items()},
+        # What the response round trips cost: one per instance.
+        "rtt_share_of_cstore": (instances * rtt / 1000) / (nbytes / 1e6 / med["cstore_tunnel"]),
     }
-    # What the response round trips cost: one per instance.
-    result["rtt_share_of_cstore"] = (args.instances * rtt / 1000) / (nbytes / 1e6 / med["cstore_tunnel"])
-    result["goal_met"] = result["cstore_tunnel_over_tcp_tunnel"] >= GOAL
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    print("medians: C-STORE through the tunnel %.1f MB/s, bulk TCP through the tunnel %.1f MB/s, bulk TCP in the clear %.1f MB/s"
-          % (med["cstore_tunnel"], med["tcp_tunnel"], med["tcp_clear"]))
-    verdict = "met" if result["goal_met"] else "NOT met"
-    print("C-STORE / tunnel TCP: %.2f (goal >= %.2f: %s)" % (result["cstore_tunnel_over_tcp_tunnel"], GOAL, verdict))
-    print("tunnel TCP / clear TCP: %.3f; C-STORE / clear TCP: %.3f"
-          % (result["tcp_tunnel_over_tcp_clear"], result["cstore_tunnel_over_tcp_clear"]))
-    print("round trip through the tunnel %.2f ms: %d response waits are %.0f%% of the C-STORE's time"
-          % (rtt, args.instances, 100 * result["rtt_share_of_cstore"]))
-    for name, row in result["cpu_s_per_mb"].items():
-        print("CPU s/MB %-13s " % name + ", ".join("%s %.4f" % (k, v) for k, v in row.items() if k != "machine_busy_share")
-              + "; machine busy %.0f%% of %d cores" % (100 * row["machine_busy_share"], os.cpu_count()))
-
+    res["goal_met"] = res["cstore_tunnel_over_tcp_tunnel"] >= GOAL
+    return res
 
 if __name__ == "__main__":
     main()
