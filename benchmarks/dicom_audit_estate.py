@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from collections_path import collections_path  # noqa: E402  (the tests' helper, one copy)
+from lab_servers import cpu_seconds  # noqa: E402
 
 PORT = 11112
 ENDPOINT_NET = ipaddress.ip_network("198.19.0.0/22")
@@ -347,19 +348,6 @@ def wait_listening(namespace, address, port, timeout=60):
 # ---------------------------------------------------------------------------------------
 
 
-def process_cpu(pids):
-    """CPU seconds used so far by the processes ``pids`` and their threads (from /proc)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / hz
-
-
 class CpuMeter:
     """Where one scanner's wall time went: the scanner's own CPU seconds (this process's
     children), the simulated estate's (its servers, the Orthanc and the delay lines: work that
@@ -375,7 +363,7 @@ class CpuMeter:
         cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         hz = os.sysconf("SC_CLK_TCK")
         return {"scanner": children.children_user + children.children_system,
-                "estate": {part: process_cpu(pids()) for part, pids in self.estate_parts.items()},
+                "estate": {part: cpu_seconds(pids()) for part, pids in self.estate_parts.items()},
                 "busy": (sum(cpu) - cpu[3] - cpu[4]) / hz, "all": sum(cpu) / hz}
 
     def measure(self, run):

@@ -65,7 +65,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "integration" / "roles" / "nginx_stream_proxy"))
 from collections_path import collections_path  # noqa: E402  (the tests' helpers, one copy)
 from gate_lab import GatePki, Idp, Nginx, SyslogSink, make_root, nginx_missing, render_gateway, write_main_conf  # noqa: E402
-from lab_servers import LOOPBACK, Instances, Orthanc, Unavailable, free_port, read_pdu, stop_process, wait_port  # noqa: E402
+from lab_servers import (  # noqa: E402
+    LOOPBACK, Instances, Orthanc, Unavailable, cpu_seconds, free_port, read_pdu, stop_process, wait_port)
 
 sys.path.insert(0, collections_path())
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_pdu  # noqa: E402
@@ -211,18 +212,6 @@ def storescu_args(path, pki, token_file):
     if path == "gate_jwt":
         args += ["--jwt", str(token_file)]
     return args
-
-
-def cpu_seconds(pids):
-    """User and system CPU time of running processes (all their threads), from /proc."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu():

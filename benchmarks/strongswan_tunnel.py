@@ -55,7 +55,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from lab_servers import Instances  # noqa: E402  (the tests' helpers, one copy)
+from lab_servers import Instances, cpu_seconds  # noqa: E402  (the tests' helpers, one copy)
 
 import yaml  # noqa: E402
 
@@ -111,16 +111,7 @@ def cpu_ticks():
     hz = os.sysconf("SC_CLK_TCK")
     procs = {"charon_site": host_pids("st-site-gw", "charon"), "charon_cloud": host_pids("st-cloud-gw", "charon"),
              "orthanc": host_pids("st-pacs", "Orthanc")}
-    out = {}
-    for key, pids in procs.items():
-        total = 0
-        for pid in pids:
-            try:
-                fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                pass
-        out[key] = total / hz
+    out = {key: cpu_seconds(pids) for key, pids in procs.items()}
     children = os.times()
     out["client"] = children.children_user + children.children_system
     cpu = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
