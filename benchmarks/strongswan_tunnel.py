@@ -321,5 +321,6 @@ def summarise(figures, cpu, rtt, instances, nbytes):
     res["goal_met"] = res["cstore_tunnel_over_tcp_tunnel"] >= GOAL
     return res
 
+
 if __name__ == "__main__":
     main()
