@@ -27,7 +27,7 @@ SANITY_ROOT := build/sanity/ansible_collections/dicomsec/hardening
 # System packages the tests use. Each is installed only if it is missing.
 SYSTEM_PACKAGES := python3-venv git rsync shellcheck debootstrap dcmtk orthanc nmap nftables \
 	iproute2 iptables openssl ca-certificates slapd ldap-utils python3-ldap \
-	nginx libnginx-mod-stream libnginx-mod-stream-js chromium rsyslog rsyslog-openssl
+	nginx libnginx-mod-stream libnginx-mod-stream-js chromium rsyslog rsyslog-gnutls
 SETUP_STAMP := $(VENV)/.setup-$(shell cat requirements-dev.txt requirements.txt | sha256sum | cut -c1-12)
 
 .PHONY: help setup system-packages venv collections lab lab-down lint sanity unit molecule test demo build package ee ee-test clean

@@ -30,7 +30,6 @@ from lab_servers import LOOPBACK, ansible_bin, free_port, wait_port
 REPO = Path(__file__).resolve().parents[4]
 ROLE = REPO / "roles" / "atna_audit"
 RSYSLOGD = "/usr/sbin/rsyslogd"
-OSSL_DRIVER = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so"
 COLLECTOR_NAME = "arr.hospital.test"
 GATEWAY_NAME = "gateway.hospital.test"
 BOM = "\ufeff"
@@ -38,9 +37,9 @@ BOM = "\ufeff"
 
 def rsyslog_missing():
     missing = [p for p in (RSYSLOGD,) if not os.path.exists(p)]
-    drivers = list(Path("/usr/lib").glob("*/rsyslog/lmnsd_ossl.so")) + list(Path("/usr/lib/rsyslog").glob("lmnsd_ossl.so"))
+    drivers = list(Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so")) + list(Path("/usr/lib/rsyslog").glob("lmnsd_gtls.so"))
     if not drivers:
-        missing.append("rsyslog-openssl (lmnsd_ossl.so)")
+        missing.append("rsyslog-gnutls (lmnsd_gtls.so)")
     return missing
 
 
@@ -112,12 +111,13 @@ class Rsyslogd:
     def check(self):
         return subprocess.run([RSYSLOGD, "-N1", "-f", str(self.conf)], capture_output=True, text=True, check=False)
 
-    def start(self, port=None):
+    def start(self, port=None, env=None):
+        """Start rsyslogd; ``env``: more environment (its debug log, for one)."""
         if self.proc is not None and self.proc.poll() is None:
             return self
         with open(self.out, "ab") as out:
             self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.pid_file)],
-                                         stdout=out, stderr=subprocess.STDOUT)
+                                         stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         if port:
             wait_port(port, proc=self.proc)
         else:
@@ -160,23 +160,25 @@ ruleset(name="received") {{
     action(type="omfile" file="{root}/received.jsonl" template="received")
 }}
 input(type="imtcp" address="{address}" port="{port}" ruleset="received"
-    streamDriver.name="ossl" streamDriver.mode="1" streamDriver.authMode="x509/name"
-    permittedPeer=["{peer}"]
+    streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/name"
+    permittedPeer=["{peer}"]{priorities}
     streamDriver.caFile="{ca}" streamDriver.certFile="{cert}" streamDriver.keyFile="{key}")
 """
 
 
 class Collector:
     """The audit record repository: rsyslogd's imtcp with mutual TLS (its client must show a
-    certificate from ``ca`` for ``peer``), writing what it receives to received.jsonl."""
+    certificate from ``ca`` for ``peer``), writing what it receives to received.jsonl.
+    ``priorities``: a GnuTLS priority string for the listener (its TLS versions), or its default."""
 
-    def __init__(self, root, pki, ca="ca.pem", cert="collector", peer=GATEWAY_NAME, port=None):
+    def __init__(self, root, pki, ca="ca.pem", cert="collector", peer=GATEWAY_NAME, port=None, priorities=None):
         self.root = Path(root)
         (self.root / "work").mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.received_file = self.root / "received.jsonl"
         conf = self.root / "collector.conf"
-        conf.write_text(COLLECTOR_CONF.format(root=self.root, address=LOOPBACK, port=self.port, peer=peer,
+        priorities = '\n    gnutlsPriorityString="%s"' % priorities if priorities else ""
+        conf.write_text(COLLECTOR_CONF.format(root=self.root, address=LOOPBACK, port=self.port, peer=peer, priorities=priorities,
                                               ca=pki.path(ca), cert=pki.path(cert + ".pem"),
                                               key=pki.path(cert + ".key")))
         self.daemon = Rsyslogd(self.root, conf)
@@ -250,13 +252,17 @@ def _render_playbook(out):
             {"name": "Render the audit configuration",
              "ansible.builtin.template": {"src": str(ROLE / "templates" / "atna-audit.conf.j2"),
                                           "dest": str(out / "atna-audit.conf"), "mode": "0644"}},
+            {"name": "Render the checker the role runs before it replaces the configuration",
+             "ansible.builtin.template": {"src": str(ROLE / "templates" / "atna-audit-check.sh.j2"),
+                                          "dest": str(out / "atna-audit-check.sh"), "mode": "0755"}},
         ],
     }]
 
 
 def render_sender(root, role_vars):
-    """Render the role's configuration into ``root``/atna-audit.conf and a main configuration
-    (``root``/rsyslog.conf) whose work directory (state files) is ``root``/work."""
+    """Render the role's configuration into ``root``/atna-audit.conf, its checker into
+    ``root``/atna-audit-check.sh, and a main configuration (``root``/rsyslog.conf) whose work
+    directory (state files) is ``root``/work."""
     root = Path(root)
     (root / "work").mkdir(parents=True, exist_ok=True)
     (root / "vars.json").write_text(json.dumps(role_vars))
@@ -298,8 +304,8 @@ class Sender:
         self.conf = render_sender(self.root, role_vars)
         self.daemon = Rsyslogd(self.root, self.conf)
 
-    def start(self):
-        self.daemon.start()
+    def start(self, env=None):
+        self.daemon.start(env=env)
         return self
 
     def stop(self):

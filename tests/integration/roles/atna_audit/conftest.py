@@ -34,7 +34,7 @@ class Gateway:
 def gateway():
     missing = nginx_missing() + rsyslog_missing()
     if missing:
-        pytest.skip("needs nginx with the stream and njs modules and rsyslog with rsyslog-openssl: missing "
+        pytest.skip("needs nginx with the stream and njs modules and rsyslog with rsyslog-gnutls: missing "
                     + ", ".join(missing))
     root = make_root()
     gw = Gateway(root)
