@@ -69,8 +69,9 @@ def arrived_once(collector, before, users, timeout=60.0):
 
 @pytest.fixture(scope="session")
 def audit(gateway, collector, sender):
-    """The sender is reading the log: wait until a first refusal has gone all the way."""
-    for _attempt in range(30):
+    """The sender is reading the log: wait until a first refusal has gone all the way. Its
+    start makes Diffie-Hellman parameters (the GnuTLS driver), which can take a while."""
+    for _attempt in range(120):
         before = len(collector.received())
         probe(gateway, calling=unique_ae("WARMUP"))
         if wait_for(lambda: len(collector.received()) > before, timeout=1.0):
@@ -383,6 +384,9 @@ def test_the_gnutls_driver_is_loaded_once_however_many_messages_are_sent(atna_ro
 def test_the_driver_holder_listens_on_loopback_alone_and_admits_no_certificate(pki, gateway, audit, sender):
     address, port = _holder_port(sender)
     assert address == "127.0.0.1"
+    # A port the kernel picked, written where the role said, not syslog's 514.
+    assert port != 514
+    assert (sender.root / "work" / "driver-holder.port").read_text().strip() == str(port)
     # A client with a certificate the gateway's CA signed, for a real name: the handshake
     # may complete, then rsyslog checks the name against the holder's permitted peer and
     # closes the connection; what was sent is never read.
