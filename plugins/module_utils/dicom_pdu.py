@@ -330,6 +330,8 @@ def build_associate_rq(called_ae, calling_ae, dimse="echo", identity=None, posit
     return pn_pdu.A_ASSOCIATE_RQ(primitive).encode()
 
 
+# Constant PDUs, encoded once per run.
+@functools.lru_cache(maxsize=16)
 def abort_bytes(source=0, reason=0):
     """Return an A-ABORT PDU (PS3.8 9.3.8)."""
     abort = pn_pdu.A_ABORT_RQ()
@@ -338,6 +340,7 @@ def abort_bytes(source=0, reason=0):
     return abort.encode()
 
 
+@functools.lru_cache(maxsize=1)
 def release_rq_bytes():
     """Return an A-RELEASE-RQ PDU (PS3.8 9.3.6)."""
     return pn_pdu.A_RELEASE_RQ().encode()
@@ -542,14 +545,25 @@ def _decode(pdu_class, data, what):
 
 def decode_reject(data):
     """Return the reject dict from a whole A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+    return dict(_decode_reject(bytes(data)))
+
+
+# Rejections and aborts are a handful of distinct byte strings in a whole audit.
+@functools.lru_cache(maxsize=64)
+def _decode_reject(data):
     reject = _decode(pn_pdu.A_ASSOCIATE_RJ, data, "A-ASSOCIATE-RJ")
-    return reject_names(reject.result, reject.source, reject.reason_diagnostic)
+    return tuple(reject_names(reject.result, reject.source, reject.reason_diagnostic).items())
 
 
 def decode_abort(data):
     """Return the abort dict from a whole A-ABORT PDU (PS3.8 9.3.8)."""
+    return dict(_decode_abort(bytes(data)))
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_abort(data):
     abort = _decode(pn_pdu.A_ABORT_RQ, data, "A-ABORT")
-    return abort_names(abort.source, abort.reason_diagnostic)
+    return tuple(abort_names(abort.source, abort.reason_diagnostic).items())
 
 
 def decode_accept(data):
@@ -593,6 +607,23 @@ def _b64(data):
 
 def decode_pdata(data):
     """Return the (context id, PDV bytes with control header) pairs of a whole P-DATA-TF."""
+    data = bytes(data)
+    if len(data) <= SMALL_PDATA:
+        return list(_decode_small_pdata(data))
+    return _decode_pdata(data)
+
+
+# A server answers the same request with the same bytes: the small P-DATA-TF that carries a
+# whole response (a C-ECHO-RSP, a final C-FIND-RSP) is decoded once per run.
+SMALL_PDATA = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_small_pdata(data):
+    return tuple(_decode_pdata(data))
+
+
+def _decode_pdata(data):
     pdata = _decode(pn_pdu.P_DATA_TF, data, "P-DATA-TF")
     items = []
     for item in pdata.presentation_data_value_items:
@@ -611,10 +642,17 @@ class MessageReader:
     """
 
     def __init__(self):
-        self.message = dimse_messages.DIMSEMessage()
+        self._message = None
         self.command_bytes = 0
         self.data_bytes = 0
         self.command_done = False
+
+    @property
+    def message(self):
+        """pynetdicom's message, made when the first fragment needs it (a Dataset each)."""
+        if self._message is None:
+            self._message = dimse_messages.DIMSEMessage()
+        return self._message
 
     def feed(self, context_id, value):
         """Add one PDV; return True when the message is complete."""
