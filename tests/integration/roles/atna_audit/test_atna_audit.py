@@ -364,7 +364,7 @@ def _holder_port(sender):
 
 def test_the_gnutls_driver_is_loaded_once_however_many_messages_are_sent(atna_root, pki, gateway, audit):
     # rsyslog 8.2302 unloads a stream driver when its last connection closes, and every load of
-    # the GnuTLS driver generates Diffie-Hellman parameters (seconds of CPU). With a connection
+    # the GnuTLS driver generates Diffie-Hellman parameters (up to 1.5 s of CPU). With a connection
     # per message, only the role's holder keeps that to one load per start. rsyslogd's debug log
     # names each load; a sender of its own sends the whole decision log, one connection a line.
     debug = atna_root / "holder-debug.log"
