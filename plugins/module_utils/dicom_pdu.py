@@ -605,17 +605,17 @@ def _b64(data):
     return base64.b64encode(data).decode("ascii")
 
 
+# A server answers the same request with the same bytes: the small P-DATA-TF that carries a
+# whole response (a C-ECHO-RSP, a final C-FIND-RSP) is decoded once per run. A larger one is
+# decoded as it comes, without a copy made to key a cache.
+SMALL_PDATA = 1024
+
+
 def decode_pdata(data):
     """Return the (context id, PDV bytes with control header) pairs of a whole P-DATA-TF."""
-    data = bytes(data)
     if len(data) <= SMALL_PDATA:
-        return list(_decode_small_pdata(data))
+        return list(_decode_small_pdata(bytes(data)))
     return _decode_pdata(data)
-
-
-# A server answers the same request with the same bytes: the small P-DATA-TF that carries a
-# whole response (a C-ECHO-RSP, a final C-FIND-RSP) is decoded once per run.
-SMALL_PDATA = 1024
 
 
 @functools.lru_cache(maxsize=256)
