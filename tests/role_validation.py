@@ -21,6 +21,8 @@ PLAY = """- name: Check {role} input
   hosts: localhost
   connection: local
   gather_facts: true
+  # What the roles read of the facts (os_family, architecture, fqdn) is in the minimal set.
+  gather_subset: [min]
   tasks:
     - name: Run the role's {entry} entry point
       ansible.builtin.include_role:
@@ -32,6 +34,7 @@ ROLE_PLAY = """- name: Check {role} input
   hosts: localhost
   connection: local
   gather_facts: true
+  gather_subset: [min]
   roles:
     - role: {role}
 """
@@ -58,6 +61,76 @@ def run_check(case_dir, role, role_vars, tags=None, entry=None, verbose=False, p
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     recap = re.search(r"localhost\s*:\s*ok=\d+\s+changed=(\d+)", proc.stdout)
     return {"rc": proc.returncode, "out": proc.stdout + proc.stderr, "changed": int(recap.group(1)) if recap else None}
+
+
+# A line of the default callback that belongs to one host: a task result ("ok: [h]",
+# "fatal: [h -> localhost]: FAILED!") or, with -v and more, a connection line ("<h> EXEC").
+_HOST_LINE = re.compile(r"^(?:[a-zA-Z -]+: \[(case\d+)(?: -> [^\]]+)?\]|<(case\d+)>|(case\d+)\s+: ok=)")
+_RECAP = re.compile(r"^(case\d+)\s*: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def run_batch(case_dir, role, cases, tags=None, entry=None, verbose=False, play=None, forks=8):
+    """Run every case of ``{name: role_vars}`` as a host of its own in one ansible-playbook --check.
+
+    Returns ``{name: result}`` as run_check does. Starting ansible-playbook costs about as much
+    CPU as checking one case, so one process for all cases of a role instead of one per case.
+    Each case's variables are its host's inventory variables (local connection); ``out`` is
+    that host's part of the output (its results, and every task and play header and warning),
+    with its name shown as localhost. A case whose input the role reads through other hosts
+    (strongswan_tunnel's peers) needs run_check.
+    """
+    case_dir = Path(case_dir)
+    case_dir.mkdir(parents=True, exist_ok=True)
+    hosts = {"case%03d" % index: name for index, name in enumerate(cases)}
+    inventory = {"all": {"hosts": {
+        host: dict(cases[name], ansible_connection="local", ansible_python_interpreter=sys.executable)
+        for host, name in hosts.items()}}}
+    (case_dir / "inventory.json").write_text(json.dumps(inventory))
+    if play is None:
+        play = PLAY.format(role=role, entry=entry) if entry else ROLE_PLAY.format(role=role)
+    if "hosts: localhost\n" not in play:
+        raise ValueError("run_batch runs plays for hosts: localhost, as run_check does")
+    (case_dir / "play.yml").write_text(play.replace("hosts: localhost\n", "hosts: all\n"))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(REPO / "roles"),
+               ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(case_dir / "inventory.json"),
+           "--check", "--forks", str(forks)]
+    if verbose:
+        cmd.append("-vvv")
+    if tags:
+        cmd += ["--tags", tags]
+    cmd.append(str(case_dir / "play.yml"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    parts = {host: [] for host in hosts}
+    owner = None
+    error = []  # an "[ERROR]: Task failed" block: printed just before its host's failure line
+    for line in proc.stdout.splitlines():
+        match = _HOST_LINE.match(line)
+        if match:
+            owner = match.group(1) or match.group(2) or match.group(3)
+            parts[owner].extend(error)
+            error = []
+        elif line.startswith("[ERROR]") or (error and not line.startswith(("TASK [", "PLAY ", "RUNNING "))):
+            error.append(line)
+            continue
+        elif not line.startswith((" ", "\t")):
+            owner = None  # a header, a warning: every case's
+            for host in parts:
+                parts[host].extend(error)
+            error = []
+        for host in ([owner] if owner else parts):
+            parts[host].append(line)
+    recap = {m.group(1): (int(m.group(2)), int(m.group(3)) + int(m.group(4))) for m in _RECAP.finditer(proc.stdout)}
+    results = {}
+    for host, name in hosts.items():
+        out = re.sub(r"\b%s\b" % host, "localhost", "\n".join(parts[host]))
+        if host in recap:
+            changed, failures = recap[host]
+            rc = 2 if failures else 0
+        else:  # the run ended before its recap: as it ended
+            changed, rc = None, proc.returncode or 1
+        results[name] = {"rc": rc, "out": out, "changed": changed}
+    return results
 
 
 def run_all(jobs, workers=4):

@@ -479,6 +479,22 @@ def _new_operation(dimse):
     return operation
 
 
+_TIMEOUT = getattr(asyncio, "timeout", None)  # Python 3.11 and later
+
+
+async def _within(coroutine, seconds):
+    """Await ``coroutine`` under a deadline; raise asyncio.TimeoutError when it passes.
+
+    asyncio.timeout cancels the awaiting task itself. asyncio.wait_for, all that Python
+    before 3.11 has, runs the coroutine in a task of its own: a task, a future and their
+    callbacks more for every deadline of every probe.
+    """
+    if _TIMEOUT is None:
+        return await asyncio.wait_for(coroutine, seconds)
+    async with _TIMEOUT(seconds):
+        return await coroutine
+
+
 class Probe:
     """One association attempt, described by a request dict.
 
@@ -511,14 +527,14 @@ class Probe:
         try:
             if connect_timeout:
                 try:
-                    sock = await asyncio.wait_for(self._open_socket(), connect_timeout)
+                    sock = await _within(self._open_socket(), connect_timeout)
                 except asyncio.TimeoutError:
                     self._finish("timeout", "no TCP connection within %ss (connect timeout)" % connect_timeout)
                     sock = None
                 if sock is not None:
-                    await asyncio.wait_for(self._run(sock), timeout)
+                    await _within(self._run(sock), timeout)
             else:
-                await asyncio.wait_for(self._run(), timeout)
+                await _within(self._run(), timeout)
         except asyncio.TimeoutError:
             self._on_timeout()
         except Exception as exc:  # never let one hostile peer take the whole run down

@@ -7,11 +7,10 @@ naming the variable. Each refusal has an accepted twin: the same input made vali
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
-from role_validation import run_all, run_check
+from role_validation import run_batch
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +84,10 @@ def table(tls_files):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tls_files, table):
-    tmp = tmp_path_factory.mktemp("validate")
     base = valid(tls_files)
-
-    def run(name, overrides):
-        return run_check(tmp / name, "atna_audit", {**base, **overrides}, tags="atna_audit_validate")
-
-    return run_all({name: functools.partial(run, name, overrides) for name, (overrides, _err) in table.items()})
+    return run_batch(tmp_path_factory.mktemp("validate"), "atna_audit",
+                     {name: {**base, **overrides} for name, (overrides, _err) in table.items()},
+                     tags="atna_audit_validate")
 
 
 NAMES = list(cases(Path("/nonexistent")).keys())

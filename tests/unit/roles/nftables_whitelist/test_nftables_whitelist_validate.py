@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 
 import pytest
-from role_validation import failed_tasks, run_all, run_check, validate_tasks
+from role_validation import failed_tasks, run_all, run_batch, validate_tasks
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -167,17 +167,13 @@ PLAY = """\
 """
 
 
-def run_case(tmp_path, name, overrides, entry):
-    return run_check(tmp_path / name, "nftables_whitelist", {**VALID, **overrides}, play=PLAY.format(entry=entry))
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("validate")
-    jobs = {name: functools.partial(run_case, tmp, name, overrides, "validate") for name, (overrides, _err) in CASES.items()}
-    jobs.update((name, functools.partial(run_case, tmp, name, overrides, "main"))
-                for name, (overrides, _err) in MAIN_CASES.items())
-    return run_all(jobs)
+    batches = run_all({entry: functools.partial(
+        run_batch, tmp / entry, "nftables_whitelist", {name: {**VALID, **overrides} for name, (overrides, _err) in cases.items()},
+        play=PLAY.format(entry=entry)) for entry, cases in (("validate", CASES), ("main", MAIN_CASES))})
+    return {**batches["validate"], **batches["main"]}
 
 
 ALL = {**CASES, **MAIN_CASES}

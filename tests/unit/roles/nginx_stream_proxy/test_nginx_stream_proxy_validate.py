@@ -8,11 +8,10 @@ accepted twin: the same input made valid passes.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
-from role_validation import failed_tasks, run_all, run_check, validate_tasks
+from role_validation import failed_tasks, run_batch, validate_tasks
 
 REPO = Path(__file__).resolve().parents[4]
 PASSCODE = "lab-only-Unit7pRt2mQx9z"
@@ -129,16 +128,12 @@ CASES = {
 }
 
 
-def run_case(tmp_path, name, overrides):
-    # -vvv, as an operator debugging a run would see it: no secret may show there either.
-    return run_check(tmp_path / name, "nginx_stream_proxy", {**VALID, **overrides},
-                     tags="nginx_stream_proxy_validate", verbose=True)
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("validate")
-    return run_all({name: functools.partial(run_case, tmp, name, overrides) for name, (overrides, _error) in CASES.items()})
+    # -vvv, as an operator debugging a run would see it: no secret may show there either.
+    return run_batch(tmp_path_factory.mktemp("validate"), "nginx_stream_proxy",
+                     {name: {**VALID, **overrides} for name, (overrides, _error) in CASES.items()},
+                     tags="nginx_stream_proxy_validate", verbose=True)
 
 
 @pytest.mark.parametrize("name", [n for n, (_vars, err) in CASES.items() if err is None])
