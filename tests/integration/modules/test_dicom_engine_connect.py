@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from dicom_lab import LOOPBACK, free_port
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe as dp
@@ -86,3 +87,54 @@ def test_concurrency_beyond_the_open_file_limit_is_capped_not_misreported(hostil
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == ["timeout"]
+
+
+# --- the two ways a deadline is kept --------------------------------------------------------
+
+
+@pytest.fixture(params=["asyncio.timeout", "asyncio.wait_for"])
+def deadline_path(request, monkeypatch):
+    """Run a test with the deadlines Python 3.11 gives (asyncio.timeout) and with the ones
+    older Pythons fall back to (asyncio.wait_for)."""
+    if request.param == "asyncio.wait_for":
+        monkeypatch.setattr(dp, "_TIMEOUT", None)
+    else:
+        assert dp._TIMEOUT is not None, "this Python has no asyncio.timeout"
+    return request.param
+
+
+def test_an_unanswered_request_times_out_on_either_deadline_path(deadline_path):
+    # The kernel completes the handshake for a listener that never accepts: the request is
+    # sent and nothing answers it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(8)
+        result = _probe(listener.getsockname()[1], timeout=0.5, connect_timeout=3)
+    assert result["outcome"] == "timeout", result
+    assert result["connected"] is True
+    assert result["detail"] == "no answer within 0.5s (waiting during association)"
+
+
+def test_a_handshake_that_never_completes_is_a_connect_timeout_on_either_deadline_path(deadline_path):
+    # A listener whose backlog is full: the kernel drops further SYNs, as a silent host does.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for dummy in range(8):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            try:
+                filler.connect((LOOPBACK, port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        result = _probe(port, timeout=30, connect_timeout=0.5)
+    finally:
+        for sock in fillers + [listener]:
+            sock.close()
+    assert result["outcome"] == "timeout", result
+    assert not result.get("connected")
+    assert result["detail"] == "no TCP connection within 0.5s (connect timeout)"
