@@ -76,8 +76,9 @@ def run_batch(case_dir, role, cases, tags=None, entry=None, verbose=False, play=
     CPU as checking one case, so one process for all cases of a role instead of one per case.
     Each case's variables are its host's inventory variables (local connection); ``out`` is
     that host's part of the output (its results, and every task and play header and warning),
-    with its name shown as localhost. A case whose input the role reads through other hosts
-    (strongswan_tunnel's peers) needs run_check.
+    with its name shown as localhost, followed by the run's whole standard error (where
+    warnings go), so a secret that reaches either is in every case's output. A case whose input
+    the role reads through other hosts (strongswan_tunnel's peers) needs run_check.
     """
     case_dir = Path(case_dir)
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ def run_batch(case_dir, role, cases, tags=None, entry=None, verbose=False, play=
     recap = {m.group(1): (int(m.group(2)), int(m.group(3)) + int(m.group(4))) for m in _RECAP.finditer(proc.stdout)}
     results = {}
     for host, name in hosts.items():
-        out = re.sub(r"\b%s\b" % host, "localhost", "\n".join(parts[host]))
+        out = re.sub(r"\b%s\b" % host, "localhost", "\n".join(parts[host])) + "\n" + proc.stderr
         if host in recap:
             changed, failures = recap[host]
             rc = 2 if failures else 0
