@@ -83,8 +83,11 @@ class Capture:
         self.path = f"/tmp/capture-{self.iface}-{time.monotonic_ns()}.pcap"
 
     def __enter__(self):
+        # --immediate-mode: without it libpcap hands packets over in blocks, after up to a
+        # second, and the packets of a block not yet handed over when tcpdump is stopped are
+        # never written: a capture could end before the C-STORE it was made for.
         self.pid = self.host.check_output(
-            f"nohup tcpdump -i {self.iface} -U -s 0 -w {self.path} >/dev/null 2>&1 & echo $!").strip()
+            f"nohup tcpdump -i {self.iface} --immediate-mode -U -s 0 -w {self.path} >/dev/null 2>&1 & echo $!").strip()
         # tcpdump opens its file once it listens.
         for _attempt in range(50):
             if self.host.file(self.path).exists:
