@@ -8,6 +8,7 @@ a Popen, an asyncio server in its own thread); nothing is stopped by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import importlib
 import ipaddress
@@ -61,6 +62,32 @@ SECRET_PASSCODE = USERS["ct01"]
 # ---------------------------------------------------------------------------------------
 # Certificates
 # ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def handshake_never_completes():
+    """Yield a loopback port whose TCP handshake never completes, as a silent host's does.
+
+    A listener whose backlog is full and never accepted: the kernel drops further SYNs.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((LOOPBACK, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for dummy in range(8):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            try:
+                filler.connect((LOOPBACK, port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        yield port
+    finally:
+        for sock in fillers + [listener]:
+            sock.close()
 
 
 class Pki:

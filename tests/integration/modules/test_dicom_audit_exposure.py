@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from dicom_lab import LOOPBACK, USERS, LoopListeners, ScpPolicy, free_port, run_module
+from dicom_lab import LOOPBACK, USERS, LoopListeners, ScpPolicy, free_port, handshake_never_completes, run_module
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_audit as da
 
@@ -404,30 +404,14 @@ def test_module_reports_inconclusive_without_failing_when_asked(degrading):
 
 
 def test_connect_timeout_bounds_a_host_that_never_completes_the_handshake():
-    # A listening socket whose backlog is full and never accepted: the kernel drops further
-    # SYNs, exactly what a silent host looks like. connect_timeout, not timeout, bounds it.
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for dummy in range(8):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            try:
-                filler.connect((LOOPBACK, port))
-            except BlockingIOError:
-                pass
-            fillers.append(filler)
+    # The kernel drops the SYNs, exactly what a silent host looks like. connect_timeout, not
+    # timeout, bounds it.
+    with handshake_never_completes() as port:
         findings, reports, _s = audit([endpoint("full", port)], timeout=30, connect_timeout=0.5, checks=["any_ae"])
-        finding = findings["full"]["reachable"]
-        assert finding["verdict"] == "fail"
-        assert "connect timeout" in finding["evidence"]
-        assert reports[0]["associations"] == 1
-    finally:
-        for sock in fillers + [listener]:
-            sock.close()
+    finding = findings["full"]["reachable"]
+    assert finding["verdict"] == "fail"
+    assert "connect timeout" in finding["evidence"]
+    assert reports[0]["associations"] == 1
 
 
 def test_invalid_new_options_are_refused_before_any_traffic():

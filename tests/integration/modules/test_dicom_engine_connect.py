@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from dicom_lab import LOOPBACK, free_port
+from dicom_lab import LOOPBACK, free_port, handshake_never_completes
 
 from ansible_collections.dicomsec.hardening.plugins.module_utils import dicom_probe as dp
 
@@ -116,25 +116,8 @@ def test_an_unanswered_request_times_out_on_either_deadline_path(deadline_path):
 
 
 def test_a_handshake_that_never_completes_is_a_connect_timeout_on_either_deadline_path(deadline_path):
-    # A listener whose backlog is full: the kernel drops further SYNs, as a silent host does.
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((LOOPBACK, 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for dummy in range(8):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            try:
-                filler.connect((LOOPBACK, port))
-            except BlockingIOError:
-                pass
-            fillers.append(filler)
+    with handshake_never_completes() as port:
         result = _probe(port, timeout=30, connect_timeout=0.5)
-    finally:
-        for sock in fillers + [listener]:
-            sock.close()
     assert result["outcome"] == "timeout", result
     assert not result.get("connected")
     assert result["detail"] == "no TCP connection within 0.5s (connect timeout)"
